@@ -14,7 +14,7 @@ from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, encode, load_model, load
                           seed_everything, smollm2_gguf, token_mask)
 
 # %% auto #0
-__all__ = ['DEMO_EXAMPLE', 'response_nll', 'remove_spans', 'demo', 'main']
+__all__ = ['DEMO_EXAMPLE', 'response_nll', 'bracket_tokens', 'remove_spans', 'demo', 'main']
 
 # %% ../nbs/08_experiment.ipynb #22077a54
 DEMO_EXAMPLE = {
@@ -38,6 +38,15 @@ def response_nll(model, tokenizer, example) -> tuple[float, list[float]]:
     nll = torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="none")
     return nll.mean().item(), nll.tolist()
 
+def bracket_tokens(enc, text: str, flags) -> str:
+    "The instruction with each run of flagged tokens in [brackets], rebuilt from character offsets."
+    out, end, inside = [], 0, False
+    for (s, e), src, f in zip(enc["offsets"], enc["source"], flags):
+        if src != SOURCE_INSTRUCTION or e <= end: continue  # byte pieces of one character share offsets
+        if f != inside: out.append("[" if f else "]"); inside = f
+        out.append(text[max(s, end):e]); end = e
+    return "".join(out) + ("]" if inside else "")
+
 def remove_spans(text: str, spans) -> str:
     "Remove character spans from `text` and tidy doubled spaces (a stand-in until the pruning stage)."
     for s, e in sorted(spans, reverse=True): text = text[:s] + text[e:]
@@ -55,10 +64,7 @@ def demo(model=None, tokenizer=None, example: dict = DEMO_EXAMPLE, out=print) ->
     ins, res = enc["instruction_span"], enc["response_span"]
     out(f"{len(enc['input_ids'])} tokens: instruction tokens {ins[0]}..{ins[1] - 1}, response tokens {res[0]}..{res[1] - 1}, "
         f"{sum(gold)} tokens in the gold distractor span")
-    text = {SOURCE_INSTRUCTION: example["instruction"], SOURCE_RESPONSE: example["response"]}
-    marks = "".join(("[" + text[src][s:e] + "]") if g else text[src][s:e] if src in text else ""
-                    for (s, e), src, g in zip(enc["offsets"], enc["source"], gold) if src == SOURCE_INSTRUCTION)
-    out("instruction, gold distractor tokens in [brackets]:\n  " + marks)
+    out("instruction, gold distractor tokens in [brackets]:\n  " + bracket_tokens(enc, example["instruction"], gold))
     pruned = {**example, "instruction": remove_spans(example["instruction"], example.get("confounder_spans") or []),
               "confounder_spans": []}
     orig_nll, _ = response_nll(model, tokenizer, example)

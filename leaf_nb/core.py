@@ -25,7 +25,7 @@ __all__ = ['logger', 'EXAMPLE_FEATURES', 'REQUIRED_FIELDS', 'SMOLLM2_GGUF', 'SOU
            'ModelConfig', 'seed_everything', 'pick_device', 'pick_dtype', 'ModelNotFoundError', 'ensure_pad_token',
            'load_tokenizer', 'load_model', 'load_pretrained', 'toy_tokenizer', 'toy_model', 'smollm2_path',
            'smollm2_gguf', 'PairCheck', 'check_pair', 'format_prompt', 'encode', 'token_mask', 'pad_encodings',
-           'encode_batch']
+           'encode_batch', 'generate']
 
 # %% ../nbs/00_core.ipynb #67485f3f
 logger = logging.getLogger("leaf_nb")
@@ -520,3 +520,29 @@ def encode_batch(
 ) -> dict[str, torch.Tensor]:
     "Encode and pad several examples (dynamic padding: to the longest in the batch)."
     return pad_encodings([encode(e, tokenizer, **kwargs) for e in examples], tokenizer.pad_token_id, padding_side)
+
+# %% ../nbs/00_core.ipynb #4109fead
+@torch.no_grad()
+def generate(
+    model, tokenizer,
+    examples: Sequence[Mapping], # rows with an 'instruction' (any 'response' is ignored)
+    max_new_tokens: int = 64, # stop after this many new tokens
+    batch_size: int = 32, # prompts per forward pass
+    system_prompt: str | None = None, # as in `encode`
+    template: str = "auto", # as in `encode`
+    progress: bool = False, # show a progress bar
+) -> list[str]:
+    "Greedy responses to `examples`, one string each (special tokens removed)."
+    if max_new_tokens < 1 or batch_size < 1: raise ValueError("max_new_tokens and batch_size must be >= 1")
+    from tqdm.auto import tqdm
+    rows = [{"id": e.get("id"), "instruction": e.get("instruction")} for e in examples]
+    dev, out = next(model.parameters()).device, []
+    starts = range(0, len(rows), batch_size)
+    for i in tqdm(starts, desc="generate", disable=not progress):
+        b = encode_batch(rows[i:i + batch_size], tokenizer, padding_side="left", with_response=False,
+                         system_prompt=system_prompt, template=template)
+        ids = model.generate(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev),
+                             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        out += tokenizer.batch_decode(ids[:, b["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
