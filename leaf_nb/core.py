@@ -242,12 +242,13 @@ def _locate(name_or_path: str | Path, gguf_file: str | None, what: str) -> tuple
     name = str(name_or_path)
     if name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1:
         raise ModelNotFoundError(f"{what} path {name!r} does not exist")
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import snapshot_download, try_to_load_from_cache
     files = [gguf_file] if gguf_file else ["config.json"] if what == "model" else ["tokenizer_config.json", "tokenizer.json"]
     for f in files:
         try: hit = try_to_load_from_cache(name, f)
         except Exception: hit = None  # not a valid hub id
-        if isinstance(hit, str): return name, gguf_file
+        # load from the snapshot folder itself: given a hub id, transformers still probes the hub for extra files
+        if isinstance(hit, str): return snapshot_download(name, local_files_only=True), gguf_file
     raise _not_found(what, name)
 
 def _need_gguf():

@@ -212,3 +212,20 @@ def test_import_core_pulls_in_no_dev_or_model_packages():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]"
+
+
+def test_loads_a_hub_id_from_the_local_cache(tmp_path, toks):
+    "A hub id already in the Hugging Face cache (laid out as `hf download` leaves it) loads without contacting the hub."
+    snap = tmp_path / "hub" / "models--leaf-nb--tiny" / "snapshots" / ("0" * 40)
+    toks["chatml"].save_pretrained(snap)
+    toy_model(toks["chatml"]).save_pretrained(snap)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("0" * 40)
+    code = ("from leaf_nb.core import load_model, load_tokenizer; t = load_tokenizer('leaf-nb/tiny'); "
+            "m = load_model('leaf-nb/tiny', device='cpu'); print(type(m).__name__, len(t))")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["HF_HUB_CACHE"] = str(tmp_path / "hub")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-2:] == ["LlamaForCausalLM", str(len(toks["chatml"]))]
+    assert "huggingface.co" not in r.stderr, "loading from the cache must not contact the hub"
