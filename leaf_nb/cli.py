@@ -6,15 +6,14 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 import torch
 
-from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, encode, load_model, load_tokenizer,
+from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, encode, load_model, load_tokenizer, remove_spans,
                           seed_everything, smollm2_gguf, token_mask)
 
 # %% auto #0
-__all__ = ['DEMO_EXAMPLE', 'response_nll', 'bracket_tokens', 'remove_spans', 'demo', 'main']
+__all__ = ['DEMO_EXAMPLE', 'response_nll', 'bracket_tokens', 'demo', 'main']
 
 # %% ../nbs/08_experiment.ipynb #22077a54
 DEMO_EXAMPLE = {
@@ -46,11 +45,6 @@ def bracket_tokens(enc, text: str, flags) -> str:
         if f != inside: out.append("[" if f else "]"); inside = f
         out.append(text[max(s, end):e]); end = e
     return "".join(out) + ("]" if inside else "")
-
-def remove_spans(text: str, spans) -> str:
-    "Remove character spans from `text` and tidy doubled spaces (a stand-in until the pruning stage)."
-    for s, e in sorted(spans, reverse=True): text = text[:s] + text[e:]
-    return re.sub(r" {2,}", " ", text).strip()
 
 # %% ../nbs/08_experiment.ipynb #c37fec47
 def demo(model=None, tokenizer=None, example: dict = DEMO_EXAMPLE, out=print) -> dict:

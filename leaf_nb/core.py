@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import random
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,8 @@ __all__ = ['logger', 'EXAMPLE_FEATURES', 'REQUIRED_FIELDS', 'SMOLLM2_GGUF', 'SOU
            'SOURCE_RESPONSE', 'PLAIN_TEMPLATE', 'validate_example', 'validate_examples', 'to_dataset', 'Config',
            'ModelConfig', 'seed_everything', 'pick_device', 'pick_dtype', 'ModelNotFoundError', 'ensure_pad_token',
            'load_tokenizer', 'load_model', 'load_pretrained', 'toy_tokenizer', 'toy_model', 'smollm2_path',
-           'smollm2_gguf', 'PairCheck', 'check_pair', 'format_prompt', 'encode', 'token_mask', 'pad_encodings',
-           'encode_batch', 'generate']
+           'smollm2_gguf', 'PairCheck', 'check_pair', 'format_prompt', 'encode', 'token_mask', 'remove_spans',
+           'pad_encodings', 'encode_batch', 'generate']
 
 # %% ../nbs/00_core.ipynb #67485f3f
 logger = logging.getLogger("leaf_nb")
@@ -417,6 +418,7 @@ SOURCE_PAD, SOURCE_SPECIAL, SOURCE_INSTRUCTION, SOURCE_RESPONSE = -1, 0, 1, 2
 PLAIN_TEMPLATE = "{bos}{system}### Instruction:\n{instruction}\n\n### Response:\n"
 "Prompt layout for tokenizers without a chat template; `system` is the system prompt plus a blank line, or empty."
 _PLACEHOLDER = "LEAFNBPLACEHOLDER"
+_PREFIXES = {}  # the template text before the instruction, rendered once per template
 
 def _render(instruction: str, tokenizer, system_prompt: str | None, template: str) -> str:
     if template == "plain":
@@ -424,6 +426,13 @@ def _render(instruction: str, tokenizer, system_prompt: str | None, template: st
                                      instruction=instruction)
     msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": instruction}]
     return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+
+def _prefix(tokenizer, system_prompt, template) -> str | None:
+    key = (tokenizer.chat_template if template == "chat" else None, tokenizer.bos_token, tokenizer.eos_token, system_prompt, template)
+    if key not in _PREFIXES:
+        probe = _render(_PLACEHOLDER, tokenizer, system_prompt, template)
+        _PREFIXES[key] = probe[:probe.find(_PLACEHOLDER)] if _PLACEHOLDER in probe else None
+    return _PREFIXES[key]
 
 def format_prompt(
     instruction: str, tokenizer,
@@ -435,11 +444,11 @@ def format_prompt(
     if template == "chat" and not tokenizer.chat_template: raise ValueError("template='chat' but the tokenizer has no chat template")
     if template == "auto": template = "chat" if tokenizer.chat_template else "plain"
     text = _render(instruction, tokenizer, system_prompt, template)
-    probe = _render(_PLACEHOLDER, tokenizer, system_prompt, template)
-    at = probe.find(_PLACEHOLDER)
-    if at < 0 or not text.startswith(probe[:at]):
+    prefix = _prefix(tokenizer, system_prompt, template)
+    if prefix is None or not text.startswith(prefix):
         raise ValueError("cannot locate the instruction in the rendered chat template (the template changes its text "
                          "or depends on it); use template='plain'")
+    at = len(prefix)
     for core in (instruction, instruction.strip()):
         if text.startswith(core, at): return text, at, at + len(core)
     raise ValueError("the chat template altered the instruction text beyond trimming whitespace; use template='plain'")
@@ -498,6 +507,16 @@ def token_mask(
             for (a, b), src in zip(enc["offsets"], enc["source"])]
 
 # %% ../nbs/00_core.ipynb #3c25e885
+def remove_spans(text: str, spans: Sequence[Sequence[int]]) -> str:
+    "`text` without the character `spans`, with doubled spaces and blank lines left by the cuts tidied."
+    keep, last = [], 0
+    for s, e in sorted((int(s), int(e)) for s, e in spans):
+        if not 0 <= s <= e <= len(text): raise ValueError(f"span [{s}, {e}] is outside the text (length {len(text)})")
+        keep.append(text[last:max(s, last)]); last = max(last, e)
+    keep.append(text[last:])
+    return re.sub(r"\n{2,}", "\n", re.sub(r" {2,}", " ", re.sub(r" +\n", "\n", "".join(keep)))).strip()
+
+# %% ../nbs/00_core.ipynb #e73cf0b4
 def pad_encodings(encs: Sequence[Mapping], pad_token_id: int | None, padding_side: str = "right") -> dict[str, torch.Tensor]:
     "Pad `encode` results to one batch of tensors (`offsets` is [batch, length, 2])."
     if padding_side not in ("left", "right"): raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
