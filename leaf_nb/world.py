@@ -315,13 +315,13 @@ class WorldConfig(Config):
     n_distill: int = 1000 # distillation prompts per family
     n_eval: int = 300 # validation and test examples per family (each)
     teacher_task: TaskConfig = _task(distractor_rate=0.5, spurious_rate=0.0, response_style="steps", response_distractor_rate=0.3)
-    student_task: TaskConfig = _task(distractor_rate=0.5, spurious_rate=1.0, response_style="answer")
+    student_task: TaskConfig = _task(distractor_rate=0.4, spurious_rate=1.0, response_style="answer")
     distill_task: TaskConfig = _task(distractor_rate=0.5, spurious_rate=0.5, response_style="steps", response_distractor_rate=0.3)
     eval_task: TaskConfig = _task(distractor_rate=1.0, spurious_rate=0.0, response_style="steps", response_distractor_rate=0.3)
     teacher_size: ModelSize = field(default_factory=lambda: ModelSize(96, 256, 3, 4))
     student_size: ModelSize = field(default_factory=lambda: ModelSize(64, 160, 2, 4))
-    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000))
-    student_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500))
+    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=800))
+    student_train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2500))
     max_new_tokens: int = 48 # generation budget for responses
 
     def __post_init__(self):
