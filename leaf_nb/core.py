@@ -11,6 +11,7 @@ import json
 import logging
 import random
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,7 +136,7 @@ def _coerce(value, hint):
     if isinstance(hint, type) and issubclass(hint, Config) and isinstance(value, Mapping):
         return hint.from_dict(value)
     if (hint is tuple or origin is tuple) and isinstance(value, list): return tuple(value)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         for h in typing.get_args(hint):
             if h is not type(None) and value is not None: 
                 v = _coerce(value, h)

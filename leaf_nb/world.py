@@ -436,7 +436,7 @@ def evaluate_world(world: World, split: str = "test", families: Sequence[str] | 
     "Accuracies of teacher and student, and what the distractor does to the student, per family."
     out, n_new = {}, world.config.max_new_tokens
     for f in families or list(world.splits):
-        rows, clean = list(world.splits[f][split]), list(world.splits[f][f"{split}_clean" if split == "test" else split])
+        rows, clean = list(world.splits[f][split]), list(world.splits[f].get(f"{split}_clean", []))
         gold = [r["answer"] for r in rows]
         t_ans, s_ans = _answers(world.teacher, world.tokenizer, rows, n_new), _answers(world.student, world.tokenizer, rows, n_new)
         acc = lambda ans, g: sum(a == b for a, b in zip(ans, g)) / len(g)
@@ -446,8 +446,9 @@ def evaluate_world(world: World, split: str = "test", families: Sequence[str] | 
         num = lambda a: int(a) if a is not None else None
         out[f] = {
             "teacher_acc": acc(t_ans, gold), "student_acc": acc(s_ans, gold),
-            "teacher_acc_clean": acc(_answers(world.teacher, world.tokenizer, clean, n_new), [r["answer"] for r in clean]),
-            "student_acc_clean": acc(_answers(world.student, world.tokenizer, clean, n_new), [r["answer"] for r in clean]),
+            **({"teacher_acc_clean": acc(_answers(world.teacher, world.tokenizer, clean, n_new), [r["answer"] for r in clean]),
+                "student_acc_clean": acc(_answers(world.student, world.tokenizer, clean, n_new), [r["answer"] for r in clean])}
+               if clean else {}),  # only splits with a distractor-free twin (test -> test_clean)
             "student_wrong": len(wrong),
             "fixed_by_removing_gold": sum(a == gold[i] for a, i in zip(fixed, wrong)) / max(1, len(wrong)),
             "wrong_equal_to_distractor": sum(num(s_ans[i]) == dval(i) for i in wrong) / max(1, len(wrong)),

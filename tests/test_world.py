@@ -160,3 +160,13 @@ def test_rebuild_reproduces_the_shipped_world():
     for f in FAMILIES:
         for k in ("teacher_acc", "student_acc", "teacher_acc_clean", "student_acc_clean"):
             assert abs(w.metrics[f][k] - shipped.metrics[f][k]) <= 0.05, (f, k, w.metrics[f][k], shipped.metrics[f][k])
+
+
+def test_evaluate_on_validation_reports_no_clean_accuracy():
+    "Only `test` has a distractor-free twin; other splits must not report 'clean' numbers measured on distractor prompts."
+    from leaf_nb.world import evaluate_world
+    w = load_world()
+    w.splits = {"math": w.splits["math"].select_columns(w.splits["math"]["validation"].column_names)}
+    w.splits["math"]["validation"] = w.splits["math"]["validation"].select(range(20))
+    m = evaluate_world(w, split="validation")["math"]
+    assert "student_acc_clean" not in m and m["n"] == 20
