@@ -42,6 +42,7 @@ EXAMPLE_FEATURES = datasets.Features({
     "answer": datasets.Value("string"),
     "confounder_spans": _SPANS,
     "response_confounder_spans": _SPANS,
+    "target_start": datasets.Value("int64"),
     "meta": datasets.Json(),
 })
 "The `datasets.Features` schema of an example."
@@ -106,6 +107,12 @@ def validate_example(
     out["confounder_spans"] = _check_spans(row.get("confounder_spans"), out["instruction"], "confounder_spans", name)
     out["response_confounder_spans"] = _check_spans(row.get("response_confounder_spans"), out["response"],
                                                     "response_confounder_spans", name)
+    ts = row.get("target_start")
+    if ts is None: ts = 0
+    if not _is_int(ts) or not 0 <= ts < max(1, len(out["response"])):
+        raise ValueError(f"{name}: field 'target_start' must be a character offset into the response "
+                         f"(0 <= target_start < {len(out['response'])}), got {ts!r}")
+    out["target_start"] = int(ts)
     meta = row.get("meta")
     if meta is None: meta = {}
     if not isinstance(meta, Mapping): raise ValueError(f"{name}: field 'meta' must be a dict, got {type(meta).__name__}")
@@ -508,14 +515,31 @@ def token_mask(
             for (a, b), src in zip(enc["offsets"], enc["source"])]
 
 # %% ../nbs/00_core.ipynb #3c25e885
+_MARKS = {".": 3, "!": 3, "?": 3, ";": 2, ":": 2, ",": 1}
+
+def _join_cut(left: str, right: str) -> str:
+    "Join the text before and after a cut by `remove_spans`'s tidy rule."
+    l, r = left.rstrip(" \t"), right.lstrip(" \t")
+    if r[:1] in _MARKS:
+        if not l or l.endswith("\n"): return _join_cut(l, r[1:])  # a dangling mark where its clause began
+        if l[-1] in _MARKS:  # two marks meet: keep the stronger
+            keep = l[-1] if _MARKS[l[-1]] >= _MARKS[r[0]] else r[0]
+            return l[:-1] + keep + r[1:]
+        return l + (" " if len(r) < len(right) else "") + r  # a mark after a word keeps its own spacing
+    if l.endswith("\n") and r.startswith("\n"): return l + r[1:]
+    if not l or not r or l.endswith("\n") or r.startswith("\n"): return l + r
+    return l + (" " if len(l) < len(left) or len(r) < len(right) else "") + r
+
 def remove_spans(text: str, spans: Sequence[Sequence[int]]) -> str:
-    "`text` without the character `spans`, with doubled spaces and blank lines left by the cuts tidied."
-    keep, last = [], 0
+    "`text` without the character `spans`, each cut tidied (spaces, line breaks, dangling punctuation)."
+    out, last = None, 0
     for s, e in sorted((int(s), int(e)) for s, e in spans):
         if not 0 <= s <= e <= len(text): raise ValueError(f"span [{s}, {e}] is outside the text (length {len(text)})")
-        keep.append(text[last:max(s, last)]); last = max(last, e)
-    keep.append(text[last:])
-    return re.sub(r"\n{2,}", "\n", re.sub(r" {2,}", " ", re.sub(r" +\n", "\n", "".join(keep)))).strip()
+        if e <= last: continue
+        piece = text[last:max(s, last)]
+        out = piece if out is None else _join_cut(out, piece)
+        last = e
+    return (text if out is None else _join_cut(out, text[last:])).strip()
 
 # %% ../nbs/00_core.ipynb #e73cf0b4
 def pad_encodings(encs: Sequence[Mapping], pad_token_id: int | None, padding_side: str = "right") -> dict[str, torch.Tensor]:
