@@ -3,8 +3,8 @@
 - against the authors' pattern (one example at a time; HF's mean response loss over full-vocabulary logits
   at every position; parameters keep requires_grad, so every backward also fills parameter gradients that
   are never zeroed; the gradient read from the embedding output) on the same models and inputs:
-  SmolLM2-135M-Instruct (16 prompts of 96 + 32 tokens; needs the smol extra) and the causal world's tiny
-  teacher and student (world test prompts);
+  SmolLM2-135M-Instruct (16 prompts of 96 + 32 tokens, one batch; needs the smol extra) and the causal world's tiny
+  teacher and student (64 world test prompts, the default batch size of 32);
 - against inseq's `saliency` method on the same prompt/response pairs, when inseq is importable
   (it is not a leaf_nb dependency: install it beside the project to include it);
 - achieved FLOP/s of the batched pass against a matmul measured in the same run, counting only the FLOPs
@@ -135,8 +135,8 @@ def main():
     w = load_world()
     rows = list(w.splits["math"]["test"])[:64]
     encs = [saliency_encoding(r, w.tokenizer) for r in rows]
-    compare("world_teacher", w.teacher, w.tokenizer, encs, 64, a.reps, res)
-    compare("world_student", w.student, w.tokenizer, encs, 64, a.reps, res)
+    compare("world_teacher", w.teacher, w.tokenizer, encs, 32, a.reps, res)  # input_saliency's default batch size
+    compare("world_student", w.student, w.tokenizer, encs, 32, a.reps, res)
 
     smol = None
     if not a.skip_smol:
