@@ -532,21 +532,25 @@ def render_threshold(
 
 def threshold_widget(
     detections: datasets.Dataset | Sequence[Mapping], # `detect` output
-    rows: Sequence[Mapping] | datasets.Dataset, # its input rows
+    rows: Sequence[Mapping] | datasets.Dataset | None, # its input rows (`render_threshold` needs them)
     rule: str = "tau", tau: float = 0.1, # initial settings
+    render: Callable | None = None, # render(result, row, rule, tau) -> HTML; default `render_threshold`
+    continuous_update: bool = True, # re-render while the slider moves (False: on release)
 ):
     "An example picker, a rule dropdown and a τ slider over cached detections; returns the ipywidgets box."
     import ipywidgets as W
-    by_id = {r["id"]: r for r in rows}
+    render = render or render_threshold
+    if rows is None and render is render_threshold: raise ValueError("render_threshold needs the input rows")
+    by_id = {r["id"]: r for r in rows} if rows is not None else {}
     flagged = [d for d in detections if d["status"] == "flagged"]
     if not flagged: raise ValueError("no detected row with status 'flagged' to show")
     pick = W.Dropdown(options=[(d["id"], k) for k, d in enumerate(flagged)], description="example")
     rule_w = W.Dropdown(options=list(RULES), value=rule, description="rule")
-    tau_w = W.FloatSlider(value=tau, min=0.0, max=1.0, step=0.01, description="τ / q", continuous_update=True)
+    tau_w = W.FloatSlider(value=tau, min=0.0, max=1.0, step=0.01, description="τ / q", continuous_update=continuous_update)
     view = W.HTML()
     def update(*_):
         d = flagged[pick.value]
-        view.value = render_threshold(d, by_id[d["id"]], rule_w.value, tau_w.value)
+        view.value = render(d, by_id.get(d["id"]), rule_w.value, tau_w.value)
     for w in (pick, rule_w, tau_w): w.observe(update, names="value")
     update()
     return W.VBox([W.HBox([pick, rule_w, tau_w]), view])

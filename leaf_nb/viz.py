@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 
 from .core import SOURCE_INSTRUCTION, SOURCE_RESPONSE, encode, pad_encodings, token_mask
-from .saliency import RULES, ThresholdRule, apply_rule, gold_token_labels, minmax, render_threshold
+from .saliency import (ThresholdRule, apply_rule, gold_token_labels, minmax, render_threshold,
+                              threshold_widget)
 
 # %% auto #0
 __all__ = ['JACCARD_KINDS', 'MASKING_ORDER', 'QUERIES', 'visible_token', 'token_heatmap', 'html_page', 'detection_scores',
@@ -633,20 +634,7 @@ def detection_widget(
     rule: str = "tau", tau: float = 0.1, # initial settings
 ):
     "An example picker, a rule dropdown and a τ slider over cached detections, showing `render_detection`; returns the widget box."
-    import ipywidgets as W
-    by_id = {r["id"]: r for r in rows} if rows is not None else {}
-    flagged = [d for d in detections if d["status"] == "flagged"]
-    if not flagged: raise ValueError("no detected row with status 'flagged' to show")
-    pick = W.Dropdown(options=[(d["id"], k) for k, d in enumerate(flagged)], description="example")
-    rule_w = W.Dropdown(options=list(RULES), value=rule, description="rule")
-    tau_w = W.FloatSlider(value=tau, min=0.0, max=1.0, step=0.01, description="τ / q", continuous_update=False)
-    view = W.HTML()
-    def update(*_):
-        d = flagged[pick.value]
-        view.value = render_detection(d, by_id.get(d["id"]), rule_w.value, tau_w.value)
-    for w in (pick, rule_w, tau_w): w.observe(update, names="value")
-    update()
-    return W.VBox([W.HBox([pick, rule_w, tau_w]), view])
+    return threshold_widget(detections, rows, rule, tau, render=render_detection, continuous_update=False)
 
 def render_attention(
     maps: AttentionMaps, # from `example_attention`
