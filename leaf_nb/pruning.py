@@ -126,18 +126,12 @@ def counterfactuals(
 @__import__("torch").no_grad()
 def response_nll(model, tokenizer, rows: Sequence[Mapping], batch_size: int = 64) -> list[float]:
     "Mean NLL per token of each row's target (the response from `target_start`) given its prompt."
-    import torch
     import torch.nn.functional as F
-    from leaf_nb.core import encode, pad_encodings
+    from leaf_nb.core import pad_encodings
+    from leaf_nb.saliency import saliency_encoding  # labels only on the target, from `target_start`
     dev, out = next(model.parameters()).device, []
     for i in range(0, len(rows), batch_size):
-        encs = []
-        for r in rows[i:i + batch_size]:
-            e = encode(r, tokenizer, add_eos=False)
-            ts = r.get("target_start") or 0
-            e["labels"] = [l if src == 2 and b > ts else -100 for l, src, (a, b) in zip(e["labels"], e["source"], e["offsets"])]
-            encs.append(e)
-        b = pad_encodings(encs, tokenizer.pad_token_id)
+        b = pad_encodings([saliency_encoding(r, tokenizer) for r in rows[i:i + batch_size]], tokenizer.pad_token_id)
         logits = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits[:, :-1].float()
         tgt = b["labels"][:, 1:].to(dev)
         nll = F.cross_entropy(logits.transpose(1, 2), tgt.clamp(min=0), reduction="none") * (tgt != -100)

@@ -22,14 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, encode, generate, pad_encodings,
+from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, _row_name, encode, generate, pad_encodings,
                           remove_spans, validate_examples)
 
 # %% auto #0
 __all__ = ['RULES', 'frozen', 'saliency_batch', 'saliency_encoding', 'Saliency', 'input_saliency', 'minmax', 'normalised_diff',
-           'ThresholdRule', 'flagged_spans', 'row_seed', 'random_flags', 'top_k_flags', 'token_surprisal',
-           'select_instances', 'verify_spans', 'DetectConfig', 'apply_rule', 'load_detections', 'detect', 'auroc',
-           'gold_token_labels', 'detection_quality', 'render_threshold', 'threshold_widget']
+           'ThresholdRule', 'slider_rule', 'flagged_spans', 'row_seed', 'random_flags', 'top_k_flags',
+           'token_surprisal', 'select_instances', 'verify_spans', 'DetectConfig', 'apply_rule', 'load_detections',
+           'detect', 'auroc', 'gold_token_labels', 'detection_quality', 'render_threshold', 'threshold_widget']
 
 # %% ../nbs/02_saliency.ipynb #42c9aeb3
 @contextlib.contextmanager
@@ -80,10 +80,6 @@ def saliency_batch(
     return grad.float().norm(dim=-1).cpu(), per_example.cpu()
 
 # %% ../nbs/02_saliency.ipynb #878f4713
-def _row_name(row, index=None):
-    rid = row.get("id") if isinstance(row, Mapping) else None
-    return f"row {rid!r}" if rid is not None else f"row #{index}"
-
 def saliency_encoding(
     row: Mapping, # 'instruction', 'response', optional 'id' and 'target_start'
     tokenizer,
@@ -214,6 +210,10 @@ class ThresholdRule(Config):
         "A boolean mask: which tokens are flagged."
         d = np.asarray(delta, dtype=np.float64)
         return d <= self.threshold(d)
+
+def slider_rule(rule: str, value: float) -> ThresholdRule:
+    "The rule a widget's (rule, slider) pair means: the slider is q for 'quantile' and τ otherwise."
+    return ThresholdRule(rule, quantile=value) if rule == "quantile" else ThresholdRule(rule, tau=value)
 
 # %% ../nbs/02_saliency.ipynb #d598bd1a
 def flagged_spans(
@@ -520,7 +520,7 @@ def render_threshold(
 ) -> str:
     "HTML: the instruction with tokens shaded by Δĝ, flagged ones outlined, gold ones underlined, then the pruned prompt."
     if result["status"] != "flagged": return f"<p>row {html.escape(str(result['id']))}: {result['status']}, nothing flagged</p>"
-    th = ThresholdRule(rule, tau=tau) if rule != "quantile" else ThresholdRule(rule, quantile=tau)
+    th = slider_rule(rule, tau)
     f = apply_rule(result, th)
     gold = gold_token_labels(result, row)
     pruned = remove_spans(row["instruction"], f["spans"]["instruction"])

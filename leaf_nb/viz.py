@@ -21,7 +21,7 @@ import torch
 
 from .core import SOURCE_INSTRUCTION, SOURCE_RESPONSE, encode, pad_encodings, token_mask
 from .saliency import (ThresholdRule, apply_rule, gold_token_labels, minmax, render_threshold,
-                              threshold_widget)
+                              slider_rule, threshold_widget)
 
 # %% auto #0
 __all__ = ['JACCARD_KINDS', 'MASKING_ORDER', 'QUERIES', 'visible_token', 'token_heatmap', 'html_page', 'detection_scores',
@@ -602,9 +602,6 @@ def query_key_plot(
     return fig, ax
 
 # %% ../nbs/07_visualize.ipynb #6e132484
-def _rule(rule: str, tau: float) -> ThresholdRule:
-    return ThresholdRule(rule, quantile=tau) if rule == "quantile" else ThresholdRule(rule, tau=tau)
-
 def figure_html(
     fig, # a matplotlib figure
     dpi: int = 72, # resolution of the PNG
@@ -625,7 +622,7 @@ def render_detection(
     tau: float = 0.1, # τ for 'tau', q for 'quantile' (ignored by 'iqr')
 ) -> str:
     "HTML: the heatmap of one detected row under a rule, then (given the row) saliency's instruction and pruned-prompt view."
-    out = detection_heatmap(result, row, _rule(rule, tau), return_html=True)
+    out = detection_heatmap(result, row, slider_rule(rule, tau), return_html=True)
     return out + (render_threshold(result, row, rule, tau) if row is not None else "")
 
 def detection_widget(
