@@ -86,12 +86,13 @@ def saliency_encoding(
     max_length: int | None = None, # the model's maximum sequence length
     overflow: str = "error", # longer rows: 'error', or 'truncate' (drop context tokens from the left, with a warning)
     index: int | None = None, # the row's position, for error messages
+    add_eos: bool = False, # end the target with the eos token (distillation targets: the model learns to stop)
     **kwargs, # passed to `encode` (system_prompt, template)
 ) -> dict:
     "`encode` with labels only on the target and a `context` list: the token positions whose saliency is reported."
     if overflow not in ("error", "truncate"): raise ValueError(f"overflow must be 'error' or 'truncate', got {overflow!r}")
     name = _row_name(row, index)
-    enc = encode(row, tokenizer, add_eos=False, **kwargs)
+    enc = encode(row, tokenizer, add_eos=add_eos, **kwargs)
     start = row.get("target_start") or 0
     response = row["response"]
     if not isinstance(start, int) or not 0 <= start <= len(response):
@@ -99,7 +100,7 @@ def saliency_encoding(
     texts = {SOURCE_INSTRUCTION: row["instruction"], SOURCE_RESPONSE: response}
     context, labels = [], list(enc["labels"])
     for i, (src, (a, b)) in enumerate(zip(enc["source"], enc["offsets"])):
-        in_target = src == SOURCE_RESPONSE and b > start
+        in_target = (src == SOURCE_RESPONSE and b > start) or (add_eos and i == len(labels) - 1)
         if not in_target: labels[i] = -100
         if src in texts and not in_target and texts[src][a:b].strip(): context.append(i)
     n_target = sum(l != -100 for l in labels)
