@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
-from .core import Config, _row_name, check_pair
+from .core import Config, _logit_rows as _core_logit_rows, _row_name, check_pair
 from .saliency import _batches, _fingerprint, _trunk_and_head, _write_atomic, saliency_encoding
 
 # %% auto #0
@@ -119,8 +120,8 @@ def _unwrap(model):
     return model
 
 def _logit_rows(model) -> int:
-    out = _unwrap(model).get_output_embeddings()
-    return out.weight.shape[0] if out is not None else _unwrap(model).config.vocab_size
+    "Rows of the output layer of a (possibly wrapped) model."
+    return _core_logit_rows(_unwrap(model))
 
 def student_states(model, input_ids, attention_mask, rows, pos, head_on_targets: bool = True):
     "Student hidden states at (rows, pos) and its LM head, through the model's own forward (DDP-safe); else logits and None."
@@ -296,7 +297,7 @@ class GroupDataset(torch.utils.data.Dataset):
     "Encoded groups (an original and its counterfactuals) for `PairCollator`; every row is encoded, and checked, up front."
     def __init__(self, groups: Sequence[Mapping], tokenizer, max_length: int | None = None, overflow: str = "error",
                  drop_counterfactuals: bool = False):
-        self.groups, i = [], 0
+        self.groups = []
         for g in groups:
             enc = lambda r: _slim_encoding(r, tokenizer, max_length, overflow, None)
             cfs = [] if drop_counterfactuals else [enc(r) for r in g["counterfactuals"]]
@@ -505,10 +506,6 @@ class DistillResult:
     history: list
     config: DistillConfig
 
-def _last_checkpoint(out: Path) -> str | None:
-    cks = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1)
-    return str(cks[-1]) if cks else None
-
 def _default_cache(out, groups, cfg, teacher, tokenizer, max_length, progress):
     "The cache in out_dir/teacher_cache: read if complete, else built (needs the teacher)."
     path = out / "teacher_cache"
@@ -575,7 +572,7 @@ def distill(
     trainer = LeafTrainer(model=model, args=args, train_dataset=data, data_collator=collator, teacher=teacher if cache is None else None,
                           distill_config=cfg, callbacks=[_EpochToCollator(collator)])
     if not progress: trainer.remove_callback(PrinterCallback)  # quiet: the logs still go to history.json
-    with _quiet(progress): trainer.train(resume_from_checkpoint=_last_checkpoint(out))
+    with _quiet(progress): trainer.train(resume_from_checkpoint=get_last_checkpoint(str(out)))
     final = trainer.model
     if cfg.lora: final = final.merge_and_unload()
     final = _unwrap(final)
