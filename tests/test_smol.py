@@ -1,4 +1,4 @@
-"The real SmolLM2-135M-Instruct from the smol extra: loading, its tokenizer's template, and the demo."
+"The real SmolLM2-135M-Instruct from the smol extra: loading, its tokenizer's template, batched loss, a distractor cut."
 import math
 
 import pytest
@@ -50,10 +50,17 @@ def test_eager_attention_and_batched_loss(smol):
     assert math.isfinite(out.loss.item()) and out.loss.item() < 5  # a trained model, not a random one
 
 
-def test_demo_on_smollm2(smol):
-    from leaf_nb.cli import demo
+def test_distractor_removal_on_smollm2(smol):
+    from leaf_nb.core import remove_spans, token_mask
+    from leaf_nb.pruning import response_nll
     model, tok = smol
-    lines = []
-    res = demo(model, tok, out=lines.append)
-    assert res["gold_tokens"] >= 5 and math.isfinite(res["nll_original"]) and math.isfinite(res["nll_pruned"])
-    assert any("[" in l and "brother" in l for l in lines)
+    ex = {"id": "lena", "instruction": ("Lena buys 4 boxes of pencils with 6 pencils in each box. Her brother is 12 years old. "
+                                        "She gives away 5 pencils. How many pencils does Lena have now?"),
+          "response": "Lena buys 4 * 6 = 24 pencils. After giving away 5 she has 24 - 5 = 19 pencils.\nanswer: 19",
+          "confounder_spans": [[57, 85]]}
+    assert ex["instruction"][57:85] == "Her brother is 12 years old."
+    assert sum(token_mask(encode(ex, tok), ex["confounder_spans"])) >= 5
+    pruned = {**ex, "instruction": remove_spans(ex["instruction"], ex["confounder_spans"]), "confounder_spans": []}
+    assert "brother" not in pruned["instruction"] and "  " not in pruned["instruction"]
+    orig, cut = response_nll(model, tok, [ex, pruned])
+    assert math.isfinite(orig) and math.isfinite(cut) and 0 < orig < 3 and 0 < cut < 3
