@@ -21,8 +21,9 @@ def clean_spans(
     text: str, # the text they index
     offsets: Sequence[Sequence[int]] | None = None, # token character offsets of `text`: snap spans to token boundaries
     name: str = "row", # for messages
+    words: bool = True, # also snap outward to whole words (never cut a number or a word in two)
 ) -> tuple[list[list[int]], list[str]]:
-    "Spans sorted, snapped to token boundaries and with overlaps merged; plus notes on what was changed."
+    "Spans sorted, snapped to token boundaries (and whole words) and with overlaps merged; plus notes on what was changed."
     notes, out = [], []
     for k, sp in enumerate(spans):
         if len(sp) != 2: raise ValueError(f"{name}: span #{k} {sp!r} is not [start, end]")
@@ -34,6 +35,12 @@ def clean_spans(
                 s2, e2 = min(s, min(a for a, _ in cover)), max(e, max(b for _, b in cover))
                 if (s2, e2) != (s, e): notes.append(f"{name}: span [{s}, {e}] snapped to token boundaries [{s2}, {e2}]")
                 s, e = s2, e2
+        if words:
+            s2, e2 = s, e
+            while s2 > 0 and text[s2 - 1].isalnum() and text[s2].isalnum(): s2 -= 1
+            while e2 < len(text) and text[e2].isalnum() and text[e2 - 1].isalnum(): e2 += 1
+            if (s2, e2) != (s, e): notes.append(f"{name}: span [{s}, {e}] snapped to whole words [{s2}, {e2}]")
+            s, e = s2, e2
         out.append([s, e])
     out.sort()
     merged = []
@@ -84,6 +91,7 @@ def counterfactuals(
     strategy: str = "span", # 'set', 'span' or 'both'
     offsets: Mapping[str, Mapping] | None = None, # optional id -> {'instruction': token offsets, 'response': ...} to snap spans
     level: str | None = None, # 'instruction' or 'response' (default: 'response' for rows with a target_start > 0)
+    words: bool = True, # snap spans outward to whole words (see `clean_spans`)
 ) -> tuple[datasets.Dataset, dict]:
     "Originals plus their set/span counterfactuals as one dataset, and counts of what was made and skipped."
     if strategy not in STRATEGIES: raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -103,8 +111,8 @@ def counterfactuals(
         counts["original"] += 1
         sp = spans.get(rid) or {}
         off = (offsets or {}).get(rid) or {}
-        ins, n1 = clean_spans(sp.get("instruction") or [], r["instruction"], off.get("instruction"), name)
-        res, n2 = clean_spans(sp.get("response") or [], r["response"][:ts] if ts else "", off.get("response"), f"{name} (response context)") \
+        ins, n1 = clean_spans(sp.get("instruction") or [], r["instruction"], off.get("instruction"), name, words)
+        res, n2 = clean_spans(sp.get("response") or [], r["response"][:ts] if ts else "", off.get("response"), f"{name} (response context)", words) \
             if sp.get("response") else ([], [])
         notes += n1 + n2
         units = [("instruction", s) for s in ins] + [("response", s) for s in res]
