@@ -8,19 +8,20 @@ from __future__ import annotations
 import argparse, json, os, sys
 from pathlib import Path
 
-from .core import ModelNotFoundError
-from .experiment import (JOBS, DetectJob, DistillJob, EvaluateJob, ExperimentConfig, PruneJob, demo, effective_batch,
-                                paper_recipe, run_detect_job, run_distill_job, run_evaluate_job, run_prune_job)
-
 # %% auto #0
-__all__ = ['RUNNERS', 'main']
+__all__ = ['COMMANDS', 'main']
 
 # %% ../nbs/08a_cli.ipynb #15f4bcd8
-RUNNERS = {"detect": run_detect_job, "prune": run_prune_job, "distill": run_distill_job, "evaluate": run_evaluate_job}
+# the commands, with their help; torch, transformers and the stages are imported only when a command runs
+COMMANDS = {"detect": ("DetectJob", "selection and confounder detection over a dataset on disk"),
+            "prune": ("PruneJob", "originals plus counterfactuals from a `detect` folder"),
+            "distill": ("DistillJob", "LeaF's hybrid-loss distillation on `prune` outputs (under `accelerate launch` for several GPUs)"),
+            "evaluate": ("EvaluateJob", "greedy responses and their accuracy, with a bootstrap interval")}
 
 def _templates() -> dict:
     "An example config per job, on the world's models saved as folders (edit the paths)."
     from leaf_nb.core import ModelConfig
+    from leaf_nb.experiment import DetectJob, DistillJob, EvaluateJob, ExperimentConfig, PruneJob
     t, s = ModelConfig("models/teacher"), ModelConfig("models/student")
     return {"detect": DetectJob(t, s, "data/train.jsonl", "runs/detect"), "prune": PruneJob("runs/detect", "runs/prune"),
             "distill": DistillJob(t, s, ("runs/prune",), "runs/distill"),
@@ -33,15 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole pipeline on the shipped causal world; prints Table 1 in miniature")
     d.add_argument("--out", default="leaf_nb_demo", help="experiment folder (a rerun resumes; default: %(default)s)")
     d.add_argument("--config", help="an ExperimentConfig JSON file (default: the demo's settings)")
-    for name, job in JOBS.items():
-        j = sub.add_parser(name, help=job.__doc__.split(":", 1)[1].strip())
-        j.add_argument("config", help=f"a {job.__name__} JSON file (`leaf_nb template {name}` writes one)")
+    for name, (cls, text) in COMMANDS.items():
+        j = sub.add_parser(name, help=text)
+        j.add_argument("config", help=f"a {cls} JSON file (`leaf_nb template {name}` writes one)")
         j.add_argument("--check", action="store_true", help="validate the config and exit without loading a model")
         j.add_argument("--quiet", action="store_true", help="no progress bars")
         if name == "distill": j.add_argument("--num-processes", type=int, default=int(os.environ.get("WORLD_SIZE", 1)),
                                              help="processes for --check's effective batch (default: $WORLD_SIZE or 1)")
     t = sub.add_parser("template", help="write example configs to edit: a job's, the experiment's, or the paper's recipe")
-    t.add_argument("kind", choices=[*JOBS, "experiment", "paper"])
+    t.add_argument("kind", choices=[*COMMANDS, "experiment", "paper"])
     t.add_argument("--out", default=".", help="folder for the JSON file(s) (default: %(default)s)")
     return p
 
@@ -53,26 +54,28 @@ def _load(cls, path: str):
     except TypeError as e: raise ValueError(f"{p}: {e}") from None
 
 def _run(args, out) -> int:
+    from leaf_nb import experiment as X
     if args.command == "demo":
-        demo(args.out, _load(ExperimentConfig, args.config) if args.config else None, log=out)
+        X.demo(args.out, _load(X.ExperimentConfig, args.config) if args.config else None, log=out)
     elif args.command == "template":
-        jobs = paper_recipe() if args.kind == "paper" else {args.kind: _templates()[args.kind]}
+        jobs = X.paper_recipe() if args.kind == "paper" else {args.kind: _templates()[args.kind]}
         for name, job in jobs.items(): out(str(job.save(Path(args.out) / f"{name}.json")))
     else:
-        job = _load(JOBS[args.command], args.config)
+        job = _load(X.JOBS[args.command], args.config)
         if args.check:
-            extra = f"; {effective_batch(job, args.num_processes)} originals per step on {args.num_processes} process(es)" \
+            extra = f"; {X.effective_batch(job, args.num_processes)} originals per step on {args.num_processes} process(es)" \
                 if args.command == "distill" else ""
             out(f"{args.config}: a valid {type(job).__name__}{extra}")
         else:
-            kw = {} if args.command == "prune" else {"progress": not args.quiet}
-            res = RUNNERS[args.command](job, **kw)
+            run = {"detect": X.run_detect_job, "prune": X.run_prune_job, "distill": X.run_distill_job, "evaluate": X.run_evaluate_job}[args.command]
+            res = run(job) if args.command == "prune" else run(job, progress=not args.quiet)
             out(json.dumps({k: v for k, v in res.items() if k != "notes"} if isinstance(res, dict) else str(res)))
     return 0
 
 def main(argv: list[str] | None = None, out=print) -> int:
     "Entry point of the `leaf_nb` console script."
     args = _parser().parse_args(argv)
+    from leaf_nb.core import ModelNotFoundError
     try: return _run(args, out)
     except (ValueError, FileNotFoundError, ModelNotFoundError) as e:
         print(f"leaf_nb {args.command}: error: {e}", file=sys.stderr)

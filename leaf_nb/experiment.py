@@ -413,8 +413,8 @@ def run_experiment(
 
 # %% ../nbs/08_experiment.ipynb #1c9f08d7
 def demo_config() -> ExperimentConfig:
-    "The `leaf_nb demo` settings: the shipped world, both families, one seed, 12 epochs of distillation."
-    return ExperimentConfig(distill=DistillConfig(lr=3e-3, epochs=12, batch_size=32, logging_steps=50, save_steps=250))
+    "The `leaf_nb demo` settings: the shipped world, both families, the Table-1 variants, one seed, 20 epochs of distillation."
+    return ExperimentConfig()
 
 def demo(
     out_dir: str | Path = "leaf_nb_demo", # the experiment folder (a rerun reads finished stages back)
