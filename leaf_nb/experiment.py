@@ -122,6 +122,10 @@ def _write_jsonl(p: Path, rows):
     p.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(p, "".join(json.dumps(r) + "\n" for r in rows))
 
+def _checker(kind: str):
+    "The answer checker `detect` selects with: None means the world's."
+    return None if kind == "world" else (lambda row, resp: check_answers([row], [resp], kind)[0])
+
 # %% ../nbs/08_experiment.ipynb #7d772fe5
 class Stages:
     "The stage records of an experiment folder: a finished stage's summary is kept in stages/<name>.json and never redone."
@@ -321,7 +325,7 @@ def run_experiment(
     out = Path(out_dir)
     _check_folder(out, cfg, _fingerprint_data(data))
     fams, kind = cfg.families, cfg.answer_kind
-    check = None if kind == "world" else (lambda row, resp: check_answers([row], [resp], kind)[0])
+    check = _checker(kind)
     keys = {data_key(v, cfg): v for v in cfg.variants}
     seg_ks = sorted({v.segments for v in cfg.variants if v.segments and not v.kd_only})
     models = [("Teacher", None), ("Student pre-KD", None)] + [(v.name, s) for v in cfg.variants for s in cfg.seeds]
@@ -464,9 +468,6 @@ def _start_job(job: Config, out: str | Path) -> Path:
         raise ValueError(f"{out} holds a {type(job).__name__} with other settings ({saved}); use a new folder")
     job.save(saved)
     return out
-
-def _checker(kind: str):
-    return None if kind == "world" else (lambda row, resp: check_answers([row], [resp], kind)[0])
 
 # %% ../nbs/08_experiment.ipynb #2355a0f2
 @dataclass
