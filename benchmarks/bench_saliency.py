@@ -11,7 +11,10 @@
   the method needs (a causal forward, the head on response positions only, and the input-gradient
   backward: no parameter gradients).
 
-    python benchmarks/bench_saliency.py [--threads 2] [--reps 3] [--skip-smol] [--skip-inseq]
+    python benchmarks/bench_saliency.py [--threads 2] [--reps 3] [--world-reps 9] [--skip-smol] [--skip-inseq]
+
+Each comparison runs its contenders in interleaved rounds (one call of each per round) and keeps each one's
+best round, so that a burst of load on a shared machine does not favour one side.
 
 The last line printed is JSON with the ratios."""
 import argparse
@@ -81,11 +84,20 @@ def matmul_flops(d, ff, rows, reps):
     return 10 * 2 * rows * d * ff / best
 
 
+def interleaved(fns, reps):
+    "Best time of each function over `reps` rounds, one call of each per round (drift on a shared machine hits all alike)."
+    for f in fns: f()  # warm-up
+    best = [float("inf")] * len(fns)
+    for _ in range(reps):
+        for i, f in enumerate(fns):
+            t = time.perf_counter(); f(); best[i] = min(best[i], time.perf_counter() - t)
+    return best
+
+
 def compare(name, model, tok, encs, bs, reps, res):
-    t_auth, _ = timed(lambda: authors_loop(model, encs), reps)
+    t_auth, t_frozen, t_batch = interleaved([lambda: authors_loop(model, encs), lambda: frozen_loop(model, tok, encs),
+                                             lambda: batched(model, tok, encs, bs)], reps)
     for p in model.parameters(): p.grad = None
-    t_frozen, _ = timed(lambda: frozen_loop(model, tok, encs), reps)
-    t_batch, _ = timed(lambda: batched(model, tok, encs, bs), reps)
     # the two must agree (the authors' loop uses the mean loss: norms differ by the per-example target count)
     a, b = authors_loop(model, encs[:2]), batched(model, tok, encs[:2], bs)
     for p in model.parameters(): p.grad = None
@@ -121,7 +133,8 @@ def smol_inputs(tok, n=16, n_prompt=96, n_resp=32, seed=0):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=3, help="rounds on SmolLM2")
+    p.add_argument("--world-reps", type=int, default=9, help="rounds on the world's tiny models (a round takes about a second)")
     p.add_argument("--skip-smol", action="store_true")
     p.add_argument("--skip-inseq", action="store_true")
     a = p.parse_args()
@@ -130,13 +143,13 @@ def main():
     hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
     from leaf_nb.saliency import saliency_encoding
     from leaf_nb.world import load_world
-    res = {"threads": a.threads, "reps": a.reps}
+    res = {"threads": a.threads, "reps": a.reps, "world_reps": a.world_reps}
 
     w = load_world()
     rows = list(w.splits["math"]["test"])[:64]
     encs = [saliency_encoding(r, w.tokenizer) for r in rows]
-    compare("world_teacher", w.teacher, w.tokenizer, encs, 32, a.reps, res)  # input_saliency's default batch size
-    compare("world_student", w.student, w.tokenizer, encs, 32, a.reps, res)
+    compare("world_teacher", w.teacher, w.tokenizer, encs, 32, a.world_reps, res)  # input_saliency's default batch size
+    compare("world_student", w.student, w.tokenizer, encs, 32, a.world_reps, res)
 
     smol = None
     if not a.skip_smol:

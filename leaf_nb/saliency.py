@@ -55,15 +55,22 @@ def _trunk_and_head(model):
 # %% ../nbs/02_saliency.ipynb #a3e6a0e8
 def saliency_batch(
     model, # a causal LM (its parameters are not touched)
-    input_ids: torch.Tensor, # [batch, length], right-padded
+    input_ids: torch.Tensor, # [batch, length], right-padded (left padding works, with the padding mask kept)
     attention_mask: torch.Tensor, # [batch, length]
     labels: torch.Tensor, # [batch, length]: the target token ids, -100 elsewhere (context, template, padding)
     reduction: str = "sum", # each example's NLL 'sum'med or 'mean'ed over its own target tokens
 ) -> tuple[torch.Tensor, torch.Tensor]:
     "L2 norm of ∂NLL/∂(input embedding) at every position, [batch, length] in fp32, and each example's NLL."
     if reduction not in ("sum", "mean"): raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    if input_ids.ndim != 2 or input_ids.shape[1] < 2:
+        raise ValueError(f"input_ids must be [batch, length] with length >= 2 (a context and a target), got {tuple(input_ids.shape)}")
     dev = next(model.parameters()).device
     input_ids, attention_mask, labels = input_ids.to(dev), attention_mask.to(dev), labels.to(dev)
+    # The last position predicts nothing the loss reads: the trunk runs without it (its gradient is zero).
+    # Under right padding the causal mask alone keeps every position the loss reads from seeing padding, so
+    # no padding mask is passed and attention takes its causal fast path; left padding keeps the mask.
+    mask = attention_mask[:, :-1]
+    if bool(mask[:, 0].all()) and bool((mask[:, 1:] <= mask[:, :-1]).all()): mask = None
     tgt = labels[:, 1:]  # position t predicts token t + 1
     b, t = (tgt != -100).nonzero(as_tuple=True)
     weight = 1.0 / (tgt != -100).sum(1).clamp(min=1)[b] if reduction == "mean" else torch.ones(len(b), device=dev)
@@ -71,9 +78,9 @@ def saliency_batch(
         emb = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
         split = _trunk_and_head(model)
         if split is not None:
-            hidden = split[0](inputs_embeds=emb, attention_mask=attention_mask).last_hidden_state
+            hidden = split[0](inputs_embeds=emb[:, :-1], attention_mask=mask).last_hidden_state
             logits = split[1](hidden[b, t])
-        else: logits = model(inputs_embeds=emb, attention_mask=attention_mask).logits[b, t]
+        else: logits = model(inputs_embeds=emb[:, :-1], attention_mask=mask).logits[b, t]
         nll = F.cross_entropy(logits.float(), tgt[b, t], reduction="none") * weight
         (grad,) = torch.autograd.grad(nll.sum(), emb)
     per_example = torch.zeros(input_ids.shape[0], device=dev).index_add_(0, b, nll.detach())
