@@ -10,6 +10,7 @@ import hashlib
 import html
 import json
 import logging
+import math
 import os
 import warnings
 import zlib
@@ -35,13 +36,15 @@ __all__ = ['RULES', 'frozen', 'saliency_batch', 'saliency_encoding', 'Saliency',
 @contextlib.contextmanager
 def frozen(model):
     "Eval mode and no parameter gradients inside the block; the model's previous state is restored afterwards."
-    was_training, flags = model.training, [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags: p.requires_grad_(False)
+    # only what is on gets switched off and back on: a nested block (or a frozen model) costs next to nothing
+    training = [m for m in model.modules() if m.training]
+    grads = [p for p in model.parameters() if p.requires_grad]
+    for m in training: m.training = False
+    for p in grads: p.requires_grad_(False)
     try: yield model
     finally:
-        for p, f in flags: p.requires_grad_(f)
-        model.train(was_training)
+        for p in grads: p.requires_grad_(True)
+        for m in training: m.training = True
 
 def _trunk_and_head(model):
     "The trunk and LM head when logits are plain `head(hidden)`; None when the model post-processes them."
@@ -162,14 +165,16 @@ def input_saliency(
         if rows is None: raise ValueError("pass rows or encodings")
         encodings = [saliency_encoding(r, tokenizer, _max_length(model), overflow, i, **kwargs) for i, r in enumerate(rows)]
     out = [None] * len(encodings)
-    for idx in tqdm(_batches([len(e["input_ids"]) for e in encodings], batch_size), desc="saliency", disable=not progress):
-        b = pad_encodings([encodings[i] for i in idx], tokenizer.pad_token_id)
-        g, nll = saliency_batch(model, b["input_ids"], b["attention_mask"], b["labels"], reduction)
-        for j, i in enumerate(idx):
-            ctx = list(encodings[i]["context"])
-            s = g[j, ctx].numpy().astype(np.float64)
-            ok = bool(np.isfinite(s).all() and np.isfinite(nll[j].item()))
-            out[i] = Saliency(ctx, s if ok else np.zeros(len(ctx)), float(nll[j]) if ok else 0.0, ok)
+    with frozen(model):  # once for all batches
+        for idx in tqdm(_batches([len(e["input_ids"]) for e in encodings], batch_size), desc="saliency", disable=not progress):
+            b = pad_encodings([encodings[i] for i in idx], tokenizer.pad_token_id)
+            g, nll = saliency_batch(model, b["input_ids"], b["attention_mask"], b["labels"], reduction)
+            g, nll = g.numpy().astype(np.float64), nll.tolist()
+            for j, i in enumerate(idx):
+                ctx = list(encodings[i]["context"])
+                s = g[j, ctx]
+                ok = bool(np.isfinite(s).all() and math.isfinite(nll[j]))
+                out[i] = Saliency(ctx, s if ok else np.zeros(len(ctx)), nll[j] if ok else 0.0, ok)
     return out
 
 # %% ../nbs/02_saliency.ipynb #ff746c93
