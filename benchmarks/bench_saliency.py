@@ -20,20 +20,11 @@ The last line printed is JSON with the ratios."""
 import argparse
 import json
 import os
-import statistics
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
-
-
-def timed(fn, reps):
-    fn()  # warm-up
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
-    return min(ts), statistics.median(ts)
 
 
 def authors_loop(model, encs):
@@ -80,7 +71,7 @@ def needed_flops(model, encs):
 
 def matmul_flops(d, ff, rows, reps):
     a, b = torch.randn(rows, d), torch.randn(d, ff)
-    best, _ = timed(lambda: [torch.mm(a, b) for _ in range(10)], reps)
+    (best,) = interleaved([lambda: [torch.mm(a, b) for _ in range(10)]], reps)
     return 10 * 2 * rows * d * ff / best
 
 
