@@ -5,7 +5,7 @@
 # %% ../nbs/05_distill.ipynb #4203c2ab
 from __future__ import annotations
 
-import json, math, random, shutil
+import json, math, random, re, shutil, warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from .core import Config, _logit_rows as _core_logit_rows, _row_name, check_pair
 from .saliency import _batches, _fingerprint, _trunk_and_head, _write_atomic, saliency_encoding
@@ -516,6 +515,19 @@ def _default_cache(out, groups, cfg, teacher, tokenizer, max_length, progress):
     return teacher_cache(teacher, tokenizer, rows, path, k=cfg.top_k, temperature=cfg.temperature, max_length=max_length,
                          overflow=cfg.overflow, progress=progress)
 
+def _last_checkpoint(out: Path, remove_partial: bool = True) -> str | None:
+    "The newest checkpoint whose trainer_state.json (written last) reads back; newer ones cut off mid-write are removed."
+    found = [(int(m[1]), p) for p in out.glob("checkpoint-*") if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            warnings.warn(f"{path} was cut off while being written (no readable trainer_state.json): "
+                          + ("removed; " if remove_partial else "") + "resuming from an earlier checkpoint")
+            if remove_partial: shutil.rmtree(path, ignore_errors=True)
+    return None
+
 def distill(
     student, tokenizer,
     rows: Sequence[Mapping] | datasets.Dataset, # originals and counterfactuals (see `pair_rows`)
@@ -572,7 +584,7 @@ def distill(
     trainer = LeafTrainer(model=model, args=args, train_dataset=data, data_collator=collator, teacher=teacher if cache is None else None,
                           distill_config=cfg, callbacks=[_EpochToCollator(collator)])
     if not progress: trainer.remove_callback(PrinterCallback)  # quiet: the logs still go to history.json
-    with _quiet(progress): trainer.train(resume_from_checkpoint=get_last_checkpoint(str(out)))
+    with _quiet(progress): trainer.train(resume_from_checkpoint=_last_checkpoint(out, trainer.args.should_save))
     final = trainer.model
     if cfg.lora: final = final.merge_and_unload()
     final = _unwrap(final)

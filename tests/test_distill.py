@@ -73,21 +73,51 @@ def _losses(out_dir):
     return [h["loss"] for h in json.loads((out_dir / "history.json").read_text()) if "loss" in h]
 
 
-def test_resume_after_kill(tmp_path):
+RESUME_CFG = DistillConfig(lr=1e-3, max_steps=12, batch_size=4, save_steps=4, logging_steps=2, seed=1, cf_per_group=1).to_dict()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    "An uninterrupted run of the resume tests' configuration, and its worker script."
+    d = tmp_path_factory.mktemp("resume")
+    worker = _worker(d)
+    assert _run([sys.executable, worker, str(d / "ref"), json.dumps(RESUME_CFG)], d / "ref") == "finished"
+    return worker, d / "ref"
+
+
+def _assert_same_run(a_dir, b_dir):
+    a, b = _params(a_dir), _params(b_dir)
+    assert a.keys() == b.keys()
+    for k in a: torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert _losses(a_dir)[-1] == pytest.approx(_losses(b_dir)[-1], rel=1e-5)
+
+
+def test_resume_after_kill(tmp_path, uninterrupted):
     "A run killed after a checkpoint and rerun ends with the weights of an uninterrupted run."
-    cfg = DistillConfig(lr=1e-3, max_steps=12, batch_size=4, save_steps=4, logging_steps=2, seed=1, cf_per_group=1).to_dict()
-    worker = _worker(tmp_path)
-    ref, killed = tmp_path / "ref", tmp_path / "killed"
-    assert _run([sys.executable, worker, str(ref), json.dumps(cfg)], ref) == "finished"
+    worker, ref = uninterrupted
+    cfg = RESUME_CFG
+    killed = tmp_path / "killed"
     # killed once the step-8 checkpoint is complete (trainer_state.json is written last)
     state = lambda d: (d / "checkpoint-8" / "trainer_state.json").is_file()
     assert _run([sys.executable, worker, str(killed), json.dumps(cfg)], killed, kill_when=state) == "killed"
     assert not (killed / "model").exists()
     assert _run([sys.executable, worker, str(killed), json.dumps(cfg)], killed) == "finished"
-    a, b = _params(ref), _params(killed)
-    assert a.keys() == b.keys()
-    for k in a: torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    assert _losses(ref)[-1] == pytest.approx(_losses(killed)[-1], rel=1e-5)
+    _assert_same_run(ref, killed)
+
+
+def test_resume_skips_a_checkpoint_cut_off_mid_write(tmp_path, uninterrupted):
+    "Killed while writing checkpoint-12 (its weights there, trainer_state.json not yet): the rerun resumes from checkpoint-8."
+    worker, ref = uninterrupted
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    shutil.rmtree(run / "model"); (run / "history.json").unlink()
+    last = run / "checkpoint-12"
+    (last / "trainer_state.json").unlink()
+    (last / "optimizer.pt").write_bytes((last / "optimizer.pt").read_bytes()[:100])  # a half-written file
+    assert (run / "checkpoint-8" / "trainer_state.json").is_file()
+    assert _run([sys.executable, worker, str(run), json.dumps(RESUME_CFG)], run) == "finished"
+    _assert_same_run(ref, run)
+    assert json.loads((run / "checkpoint-12" / "trainer_state.json").read_text())["global_step"] == 12  # rewritten whole
 
 
 def test_two_processes_match_one(tmp_path):
