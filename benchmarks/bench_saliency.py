@@ -14,7 +14,12 @@
     python benchmarks/bench_saliency.py [--threads 2] [--reps 3] [--world-reps 9] [--skip-smol] [--skip-inseq]
 
 Each comparison runs its contenders in interleaved rounds (one call of each per round) and keeps each one's
-best round, so that a burst of load on a shared machine does not favour one side.
+best round, so that a burst of load on a shared machine does not favour one side; it also reports the
+ratio within each round (median and quartiles), which shows how much the machine's load moved the result.
+
+On the world's models it also measures what batching could reach at best (`ceiling`): rows of one length in
+batches of 1 to 24 give the per-batch overhead and the marginal cost per token; the authors' time over the
+marginal cost of all tokens is the speed-up of a batched pass with neither overhead nor padding.
 
 The last line printed is JSON with the ratios."""
 import argparse
@@ -75,19 +80,55 @@ def matmul_flops(d, ff, rows, reps):
     return 10 * 2 * rows * d * ff / best
 
 
-def interleaved(fns, reps):
-    "Best time of each function over `reps` rounds, one call of each per round (drift on a shared machine hits all alike)."
+def rounds(fns, reps):
+    "Times of each function over `reps` rounds, one call of each per round (drift on a shared machine hits all alike)."
     for f in fns: f()  # warm-up
-    best = [float("inf")] * len(fns)
+    times = [[] for _ in fns]
     for _ in range(reps):
         for i, f in enumerate(fns):
-            t = time.perf_counter(); f(); best[i] = min(best[i], time.perf_counter() - t)
-    return best
+            t = time.perf_counter(); f(); times[i].append(time.perf_counter() - t)
+    return times
 
 
-def compare(name, model, tok, encs, bs, reps, res):
-    t_auth, t_frozen, t_batch = interleaved([lambda: authors_loop(model, encs), lambda: frozen_loop(model, tok, encs),
-                                             lambda: batched(model, tok, encs, bs)], reps)
+def interleaved(fns, reps):
+    "Best time of each function over `reps` interleaved rounds."
+    return [min(t) for t in rounds(fns, reps)]
+
+
+def paired(slow, fast):
+    "Per-round ratios slow/fast: their median and quartiles (each ratio compares two calls made moments apart)."
+    r = sorted(a / b for a, b in zip(slow, fast))
+    q = lambda p: r[min(len(r) - 1, round(p * (len(r) - 1)))]
+    return dict(median=round(q(0.5), 2), q1=round(q(0.25), 2), q3=round(q(0.75), 2))
+
+
+def ceiling(model, tok, encs, t_authors, res_entry, reps):
+    """The best ratio batching could reach: the authors' time over the marginal cost of the tokens alone.
+
+    Rows of one length are timed in batches of 1 to 24 rows; a line t = a + b * tokens through those times gives the
+    per-batch overhead a and the marginal cost per token b. With no overhead and no padding, the batched pass would
+    take b * (all tokens)."""
+    from leaf_nb.core import pad_encodings
+    from leaf_nb.saliency import frozen, saliency_batch
+    n = max(set(len(e["input_ids"]) for e in encs), key=lambda k: sum(len(e["input_ids"]) == k for e in encs))
+    same = [e for e in encs if len(e["input_ids"]) == n]
+    sizes = [k for k in (1, 2, 4, 8, 16, 24) if k <= len(same)]
+    batches = [pad_encodings(same[:k], tok.pad_token_id) for k in sizes]
+    with frozen(model):
+        best = interleaved([lambda b=b: saliency_batch(model, b["input_ids"], b["attention_mask"], b["labels"]) for b in batches], reps)
+    xs = [k * n for k in sizes]
+    mx, my = sum(xs) / len(xs), sum(best) / len(best)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, best)) / sum((x - mx) ** 2 for x in xs)
+    a = my - b * mx
+    tokens = sum(len(e["input_ids"]) for e in encs)
+    res_entry.update(overhead_ms_per_batch=round(a * 1e3, 2), us_per_token=round(b * 1e6, 2), fit_rows_of_length=n,
+                     ceiling_speedup_vs_authors=round(t_authors / (b * tokens), 2))
+
+
+def compare(name, model, tok, encs, bs, reps, res, with_ceiling=False):
+    r_auth, r_frozen, r_batch = rounds([lambda: authors_loop(model, encs), lambda: frozen_loop(model, tok, encs),
+                                        lambda: batched(model, tok, encs, bs)], reps)
+    t_auth, t_frozen, t_batch = min(r_auth), min(r_frozen), min(r_batch)
     for p in model.parameters(): p.grad = None
     # the two must agree (the authors' loop uses the mean loss: norms differ by the per-example target count)
     a, b = authors_loop(model, encs[:2]), batched(model, tok, encs[:2], bs)
@@ -99,7 +140,9 @@ def compare(name, model, tok, encs, bs, reps, res):
     tokens = sum(len(e["input_ids"]) for e in encs)
     res[name] = dict(examples=len(encs), tokens=tokens, batch_size=bs, authors_loop_s=round(t_auth, 3),
                      frozen_loop_s=round(t_frozen, 3), batched_s=round(t_batch, 3),
-                     speedup_vs_authors=round(t_auth / t_batch, 2), speedup_frozen_loop_vs_authors=round(t_auth / t_frozen, 2))
+                     speedup_vs_authors=round(t_auth / t_batch, 2), speedup_frozen_loop_vs_authors=round(t_auth / t_frozen, 2),
+                     speedup_vs_authors_per_round=paired(r_auth, r_batch))
+    if with_ceiling: ceiling(model, tok, encs, t_auth, res[name], reps)
     print(name, json.dumps(res[name]))
     return t_batch
 
@@ -139,8 +182,8 @@ def main():
     w = load_world()
     rows = list(w.splits["math"]["test"])[:64]
     encs = [saliency_encoding(r, w.tokenizer) for r in rows]
-    compare("world_teacher", w.teacher, w.tokenizer, encs, 32, a.world_reps, res)  # input_saliency's default batch size
-    compare("world_student", w.student, w.tokenizer, encs, 32, a.world_reps, res)
+    compare("world_teacher", w.teacher, w.tokenizer, encs, 32, a.world_reps, res, True)  # input_saliency's default batch size
+    compare("world_student", w.student, w.tokenizer, encs, 32, a.world_reps, res, True)
 
     smol = None
     if not a.skip_smol:
@@ -165,8 +208,11 @@ def main():
             res["inseq"] = inseq_compare(model, tok, srows[:2], sencs, t_batch)
             print("inseq", json.dumps(res["inseq"]))
 
-    summary = {"speedup_vs_authors_world": min(res["world_teacher"]["speedup_vs_authors"], res["world_student"]["speedup_vs_authors"]),
-               "target_world": 4.0}
+    wt, ws = res["world_teacher"], res["world_student"]
+    summary = {"speedup_vs_authors_world": min(wt["speedup_vs_authors"], ws["speedup_vs_authors"]), "target_world": 4.0,
+               "speedup_vs_authors_world_median_per_round": min(wt["speedup_vs_authors_per_round"]["median"],
+                                                                 ws["speedup_vs_authors_per_round"]["median"]),
+               "ceiling_world": min(wt["ceiling_speedup_vs_authors"], ws["ceiling_speedup_vs_authors"])}
     if "smollm2" in res:
         summary |= {"speedup_vs_authors_smollm2": res["smollm2"]["speedup_vs_authors"], "target_smollm2": 1.8,
                     "flops_fraction_of_matmul": res["flops"]["fraction_of_matmul"], "target_flops_fraction": 0.6}
