@@ -524,7 +524,7 @@ def _last_checkpoint(out: Path, remove_partial: bool = True) -> str | None:
             return str(path)
         except (OSError, ValueError):
             warnings.warn(f"{path} was cut off while being written (no readable trainer_state.json): "
-                          + ("removed; " if remove_partial else "") + "resuming from an earlier checkpoint")
+                          + ("removed; " if remove_partial else "") + "resuming from the checkpoint before it, if any")
             if remove_partial: shutil.rmtree(path, ignore_errors=True)
     return None
 
