@@ -570,22 +570,25 @@ def encode_batch(
 @torch.no_grad()
 def generate(
     model, tokenizer,
-    examples: Sequence[Mapping], # rows with an 'instruction' (any 'response' is ignored)
+    examples: Sequence[Mapping], # rows with an 'instruction' (a 'response' is read only by `continue_response`)
     max_new_tokens: int = 64, # stop after this many new tokens
     batch_size: int = 32, # prompts per forward pass
     system_prompt: str | None = None, # as in `encode`
     template: str = "auto", # as in `encode`
     progress: bool = False, # show a progress bar
+    continue_response: bool = False, # continue each row's `response[:target_start]` instead of starting a response
 ) -> list[str]:
-    "Greedy responses to `examples`, one string each (special tokens removed)."
+    "Greedy responses to `examples`, one string each (special tokens removed); with `continue_response`, only the continuation."
     if max_new_tokens < 1 or batch_size < 1: raise ValueError("max_new_tokens and batch_size must be >= 1")
     from tqdm.auto import tqdm
-    rows = [{"id": e.get("id"), "instruction": e.get("instruction")} for e in examples]
+    rows = [{"id": e.get("id"), "instruction": e.get("instruction"),
+             "response": (e.get("response") or "")[:e.get("target_start") or 0] if continue_response else ""} for e in examples]
+    kw = dict(system_prompt=system_prompt, template=template, add_eos=False)
     dev, out = next(model.parameters()).device, []
     starts = range(0, len(rows), batch_size)
     for i in tqdm(starts, desc="generate", disable=not progress):
-        b = encode_batch(rows[i:i + batch_size], tokenizer, padding_side="left", with_response=False,
-                         system_prompt=system_prompt, template=template)
+        b = pad_encodings([encode(r, tokenizer, with_response=bool(r["response"]), **kw) for r in rows[i:i + batch_size]],
+                          tokenizer.pad_token_id, "left")
         ids = model.generate(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev),
                              max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy, hashlib, json, re, statistics, time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -17,15 +18,16 @@ import pandas as pd
 from .core import Config, ModelConfig, _row_name, check_pair, generate, load_pretrained, validate_examples
 from .distill import DistillConfig, distill, teacher_cache
 from .evaluate import ANSWER_KINDS, check_answers, markdown_table
-from .pruning import STRATEGIES, counterfactuals
+from .pruning import STRATEGIES, UNITS, VERIFY_MODES, counterfactuals, verified_counterfactuals
 from .saliency import DetectConfig, ThresholdRule, _write_atomic, apply_rule, detect, flagged_spans, load_detections
 from .splitting import segment_rows
 
 # %% auto #0
-__all__ = ['MASKS', 'TABLE1', 'JOBS', 'Variant', 'ExperimentConfig', 'data_key', 'Stages', 'evaluate_model', 'results_frame',
-           'table1', 'table1_plot', 'ExperimentResult', 'run_experiment', 'demo_config', 'demo', 'read_rows',
-           'DetectJob', 'PruneJob', 'DistillJob', 'EvaluateJob', 'run_detect_job', 'run_prune_job', 'run_distill_job',
-           'run_evaluate_job', 'paper_recipe', 'effective_batch', 'reproduction_configs', 'pruning_gain']
+__all__ = ['MASKS', 'TABLE1', 'WORLD_STUDENT_REFERENCE', 'JOBS', 'Variant', 'ExperimentConfig', 'data_key', 'Stages',
+           'evaluate_model', 'results_frame', 'table1', 'table1_plot', 'ExperimentResult', 'run_experiment',
+           'demo_config', 'demo', 'stage1_report', 'read_rows', 'DetectJob', 'PruneJob', 'DistillJob', 'EvaluateJob',
+           'run_detect_job', 'run_prune_job', 'run_distill_job', 'run_evaluate_job', 'paper_recipe', 'effective_batch',
+           'reproduction_configs', 'pruning_gain']
 
 # %% ../nbs/08_experiment.ipynb #429178f0
 MASKS = ("gradient", "perplexity", "random")
@@ -72,6 +74,8 @@ class ExperimentConfig(Config):
     eval_splits: tuple = ("test", "test_clean") # splits to evaluate; the first is the headline
     detect: DetectConfig = None # selection and detection (default: τ = 0.1 on the row's response)
     strategy: str = "span" # 'span' or 'set' counterfactuals
+    unit: str = "clause" # flagged spans are snapped to whole 'clause's, 'word's or 'token's before pruning
+    verify: str = "both" # keep counterfactuals that 'both' models (or the 'teacher') answer correctly; 'off': keep all
     variants: tuple = TABLE1 # the distilled students
     distill: DistillConfig = field(default_factory=_default_distill) # training; each variant sets λ, each seed `seed`
     seeds: tuple = (0,) # one distillation per variant and seed
@@ -92,6 +96,8 @@ class ExperimentConfig(Config):
         if len(set(names)) != len(names) or set(names) & {"Teacher", "Student pre-KD"}:
             raise ValueError(f"ExperimentConfig.variants: names must be unique and not 'Teacher' or 'Student pre-KD', got {names}")
         if self.strategy not in ("set", "span"): raise ValueError(f"ExperimentConfig.strategy must be 'set' or 'span', got {self.strategy!r}")
+        if self.unit not in UNITS: raise ValueError(f"ExperimentConfig.unit must be one of {UNITS}, got {self.unit!r}")
+        if self.verify not in VERIFY_MODES: raise ValueError(f"ExperimentConfig.verify must be one of {VERIFY_MODES}, got {self.verify!r}")
         if self.answer_kind not in ANSWER_KINDS: raise ValueError(f"ExperimentConfig.answer_kind must be one of {ANSWER_KINDS}, got {self.answer_kind!r}")
         if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"ExperimentConfig.seeds must be non-negative ints, got {self.seeds!r}")
@@ -289,17 +295,20 @@ def _spans(dets, rule: ThresholdRule, mask: str = "gradient") -> dict:
         out[d["id"]] = f["spans"]
     return out
 
-def _variant_rows(cfg: ExperimentConfig, v: Variant, f: str, rows, dets, segs: Callable[[int], tuple]):
-    "The training rows of variant `v` for family `f`, and how many counterfactuals of each level they hold."
+def _dropped(c: Mapping) -> dict: return {k[len("dropped_"):]: n for k, n in c.items() if k.startswith("dropped_")}
+
+def _variant_rows(cfg: ExperimentConfig, v: Variant, f: str, rows, dets, segs: Callable[[int], tuple], build: Callable):
+    "The training rows of variant `v` for family `f`, counts of the counterfactuals they hold (kept and dropped, per level), and the verification records."
     rule, strategy = v.threshold or cfg.detect.threshold, v.strategy or cfg.strategy
-    ds, c = counterfactuals(rows, _spans(dets, rule, v.mask) if v.instruction and not v.kd_only else {}, strategy=strategy)
-    parts, counts = [ds], {"originals": c.get("original", 0), "instruction": c.get(strategy, 0), "response": 0}
+    ds, c, recs = build(rows, _spans(dets, rule, v.mask) if v.instruction and not v.kd_only else {}, strategy, None)
+    parts, counts = [ds], {"originals": c.get("original", 0), "instruction": c.get(strategy, 0), "response": 0,
+                           "dropped": {"instruction": _dropped(c), "response": {}}}
     if v.segments and not v.kd_only:
         seg_rows, seg_dets = segs(v.segments)
-        ds_r, c_r = counterfactuals(seg_rows, _spans(seg_dets, rule, v.mask), strategy=strategy, level="response")
-        parts.append(ds_r)
-        counts["response"] = c_r.get(strategy, 0)
-    return datasets.concatenate_datasets(parts).to_list(), counts
+        ds_r, c_r, recs_r = build(seg_rows, _spans(seg_dets, rule, v.mask), strategy, "response")
+        parts.append(ds_r); recs = recs + recs_r
+        counts["response"], counts["dropped"]["response"] = c_r.get(strategy, 0), _dropped(c_r)
+    return datasets.concatenate_datasets(parts).to_list(), counts, recs
 
 # %% ../nbs/08_experiment.ipynb #23019285
 def run_experiment(
@@ -326,6 +335,13 @@ def run_experiment(
     _check_folder(out, cfg, _fingerprint_data(data))
     fams, kind = cfg.families, cfg.answer_kind
     check = _checker(kind)
+    parents = {r["id"]: r for f in fams for r in data[f]["distill"]}
+    verify_check = lambda row, resp: check_answers([{**parents.get(row["parent_id"], {}), **row}], [resp], kind)[0]
+    def build(rows, spans, strategy, level):
+        "Counterfactual candidates, verified as `cfg.verify` says: (dataset, counts, records)."
+        if cfg.verify == "off": return (*counterfactuals(rows, spans, strategy, level=level, unit=cfg.unit), [])
+        return verified_counterfactuals(teacher, student, tokenizer, rows, spans, verify_check, cfg.verify, strategy, cfg.unit, level,
+                                        cfg.max_new_tokens, cfg.gen_batch_size)
     keys = {data_key(v, cfg): v for v in cfg.variants}
     seg_ks = sorted({v.segments for v in cfg.variants if v.segments and not v.kd_only})
     models = [("Teacher", None), ("Student pre-KD", None)] + [(v.name, s) for v in cfg.variants for s in cfg.seeds]
@@ -340,7 +356,7 @@ def run_experiment(
 
     # stage 1: selection and detection on the instructions, then on earlier response segments
     det_cfg = cfg.detect
-    seg_cfg = DetectConfig.from_dict({**det_cfg.to_dict(), "select": False, "reference": "response"})
+    seg_cfg = DetectConfig.from_dict({**det_cfg.to_dict(), "select": False, "reference": "response", "student_reference": None})
     def run_detect(rows, path, dcfg):
         ds = detect(teacher, student, tokenizer, rows, path, dcfg, check=check, progress=False)
         flagged = [d for d in ds if d["status"] == "flagged"]
@@ -358,10 +374,11 @@ def run_experiment(
 
     # pruning: one training set per distinct (levels, rule); variants that agree share it
     def prune(v, key):
-        rows, counts = [], {}
+        rows, counts, records = [], {}, []
         for f in fams:
-            r, counts[f] = _variant_rows(cfg, v, f, data[f]["distill"], load_detections(out / "detect" / f), lambda k, f=f: segs(f, k))
-            rows += r
+            r, counts[f], recs = _variant_rows(cfg, v, f, data[f]["distill"], load_detections(out / "detect" / f), lambda k, f=f: segs(f, k), build)
+            rows += r; records += recs
+        if records: _write_jsonl(out / "prune" / f"{key}-verification.jsonl", records)
         _write_jsonl(out / "prune" / f"{key}.jsonl", rows)
         return counts
     prune_counts = {key: stage(f"prune-{key}", lambda v=v, key=key: prune(v, key)) for key, v in keys.items()}
@@ -416,9 +433,11 @@ def run_experiment(
     return ExperimentResult(out, cfg, counts, results, table, st.ran)
 
 # %% ../nbs/08_experiment.ipynb #1c9f08d7
+WORLD_STUDENT_REFERENCE = "answer : {answer}" # the world's student was trained to answer in one line: its loss target in its own format
+
 def demo_config() -> ExperimentConfig:
     "The `leaf_nb demo` settings: the shipped world, both families, the Table-1 variants, one seed, 20 epochs of distillation."
-    return ExperimentConfig()
+    return ExperimentConfig(detect=DetectConfig(student_reference=WORLD_STUDENT_REFERENCE))
 
 def demo(
     out_dir: str | Path = "leaf_nb_demo", # the experiment folder (a rerun reads finished stages back)
@@ -433,12 +452,50 @@ def demo(
     res = run_experiment(cfg, out_dir, progress=False, log=log)
     for f in cfg.families:
         c = res.counts[f]
-        log(f"{f}: {c['distill_prompts']} distillation prompts, {c['flagged']} selected (student wrong, teacher right), "
-            + ", ".join(f"{v['instruction'] + v['response']} counterfactuals in {k}" for k, v in c["counterfactuals"].items() if k != "originals"))
+        log(f"{f}: {c['distill_prompts']} distillation prompts, {c['flagged']} selected (student wrong, teacher right)")
+        for k, v in c["counterfactuals"].items():
+            if k == "originals": continue
+            dropped = Counter()
+            for d in v["dropped"].values(): dropped.update(d)
+            why = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in sorted(dropped.items()))
+            log(f"  {k}: {v['instruction'] + v['response']} counterfactuals kept ({v['instruction']} instruction, {v['response']} response level), "
+                f"{sum(dropped.values())} dropped by verification" + (f" ({why})" if why else ""))
     log(f"\nAccuracy (%) on {cfg.eval_splits[0]}, every prompt with a distractor decorrelated from its answer:\n")
     log(markdown_table(res.table))
     log(f"\nfinished in {time.time() - t0:.0f} s; tables, figure and per-stage records in {out_dir}")
     return res
+
+# %% ../nbs/08_experiment.ipynb #dfb5000a
+def stage1_report(
+    out_dir: str | Path, # a finished `run_experiment` folder
+    teacher, tokenizer, # the teacher, to re-answer the training counterfactuals
+    rows: Mapping[str, Sequence[Mapping]], # family -> the distillation rows detection ran on, with gold 'confounder_spans'
+    key: str | None = None, # the training set to score (default: the first that holds counterfactuals)
+    max_new_tokens: int = 64,
+    batch_size: int = 256,
+) -> pd.DataFrame:
+    "Per family: detection against gold (gradient, perplexity, random) and the instruction-level counterfactuals training reads."
+    from leaf_nb.pruning import counterfactual_report
+    from leaf_nb.saliency import detection_quality
+    out = Path(out_dir)
+    cfg = ExperimentConfig.from_dict(json.loads((out / "experiment.json").read_text())["config"])
+    keys = [k for k in dict.fromkeys(data_key(v, cfg) for v in cfg.variants) if k != "originals"]
+    if key is None and not keys: raise ValueError(f"{out}: no variant of this run trains on counterfactuals")
+    key = key or keys[0]
+    train = _read_jsonl(out / "prune" / f"{key}.jsonl")
+    check = _answer_check(cfg.answer_kind)
+    report = {}
+    for f, fam_rows in rows.items():
+        dets = load_detections(out / "detect" / f)
+        q = detection_quality(dets, fam_rows)
+        ids = {r["id"] for r in fam_rows}
+        cfs = [r for r in train if r["kind"] != "original" and r["level"] == "instruction" and r["parent_id"] in ids]
+        answers = generate(teacher, tokenizer, cfs, max_new_tokens=max_new_tokens, batch_size=batch_size) if cfs else []
+        cell = {f"{m} {k}": q[m][k] for m in q for k in ("precision", "auroc")}
+        cell["teacher_correct"] = float(np.mean([check(r, a) for r, a in zip(cfs, answers)])) if cfs else float("nan")
+        cell.update(counterfactual_report(cfs, fam_rows, [d["id"] for d in dets if d["status"] == "flagged"]))
+        report[f] = cell
+    return pd.DataFrame(report)
 
 # %% ../nbs/08_experiment.ipynb #e0fa1228
 def read_rows(path: str | Path) -> list[dict]:
@@ -495,10 +552,14 @@ class PruneJob(Config):
     out: str # rows.jsonl (originals and counterfactuals), counts.json, job.json
     strategy: str = "span" # 'set', 'span' or 'both'
     threshold: ThresholdRule | None = None # re-threshold the stored Δĝ (None: the rule detection used)
+    unit: str = "clause" # snap flagged spans to whole 'clause's, 'word's or 'token's
+    verify: str = "both" # re-ask the detect job's models: keep what 'both' (or the 'teacher') answer correctly; 'off': keep all
 
     def __post_init__(self):
         if isinstance(self.threshold, Mapping): self.threshold = ThresholdRule.from_dict(self.threshold)
         if self.strategy not in STRATEGIES: raise ValueError(f"PruneJob.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.unit not in UNITS: raise ValueError(f"PruneJob.unit must be one of {UNITS}, got {self.unit!r}")
+        if self.verify not in VERIFY_MODES: raise ValueError(f"PruneJob.verify must be one of {VERIFY_MODES}, got {self.verify!r}")
 
 @dataclass
 class DistillJob(Config):
@@ -543,20 +604,33 @@ def run_detect_job(job: DetectJob, progress: bool = True) -> dict:
     cfg = job.detect
     if job.segments:
         rows = segment_rows(rows, job.segments, tok)
-        cfg = DetectConfig.from_dict({**cfg.to_dict(), "select": False, "reference": "response"})
+        cfg = DetectConfig.from_dict({**cfg.to_dict(), "select": False, "reference": "response", "student_reference": None})
     _write_jsonl(out / "rows.jsonl", rows)
     ds = detect(teacher, student, tok, rows, out / "detections", cfg, check=_checker(job.answer_kind), progress=progress)
     return {k: ds["status"].count(k) for k in ("flagged", "not_selected", "nonfinite")}
 
+def _answer_check(kind: str) -> Callable[[Mapping, str], bool]:
+    "check(row, response) with the `check_answers` checker `kind`."
+    return lambda row, resp: check_answers([row], [resp], kind)[0]
+
 def run_prune_job(job: PruneJob) -> dict:
-    "Counterfactuals from a detect folder: writes rows.jsonl and counts.json; returns the counts."
+    "Counterfactuals from a detect folder, verified with the detect job's models: writes rows.jsonl, counts.json and verification.jsonl; returns the counts."
     src = Path(job.detections)
     if not (src / "rows.jsonl").is_file(): raise FileNotFoundError(f"{src} is not a `leaf_nb detect` folder (rows.jsonl is missing)")
     out = _start_job(job, job.out)
     rows, dets = _read_jsonl(src / "rows.jsonl"), load_detections(src / "detections")
     if len(dets) != len(rows): raise ValueError(f"{src}: {len(dets)} detections for {len(rows)} rows; finish `leaf_nb detect` first")
     spans = _spans(dets, job.threshold) if job.threshold else dets
-    ds, counts = counterfactuals(rows, spans, strategy=job.strategy)
+    if job.verify == "off": ds, counts = counterfactuals(rows, spans, strategy=job.strategy, unit=job.unit)
+    else:
+        det = DetectJob.load(src / "job.json")
+        teacher, tok = load_pretrained(det.teacher)
+        student, _ = load_pretrained(det.student)
+        ds, counts, records = verified_counterfactuals(
+            teacher, student, tok, rows, spans, _answer_check(det.answer_kind), job.verify, job.strategy, job.unit,
+            max_new_tokens=det.detect.max_new_tokens, batch_size=det.detect.gen_batch_size,
+            system_prompt=det.detect.system_prompt, template=det.detect.template)
+        _write_jsonl(out / "verification.jsonl", records)
     _write_jsonl(out / "rows.jsonl", ds.to_list())
     _write_atomic(out / "counts.json", json.dumps(counts, indent=1) + "\n")
     return counts
@@ -624,8 +698,9 @@ def effective_batch(job: DistillJob, num_processes: int = 1) -> int:
 def reproduction_configs() -> dict[str, ExperimentConfig]:
     "The runs behind the reproduction: 'main' (Table 1 and Fig. 7, seeds 0–2) and 'sweeps' (Figs. 6, 8–9, set vs span; seed 0)."
     tau = lambda t: ThresholdRule("tau", tau=t)
-    main = ExperimentConfig(seeds=(0, 1, 2), variants=TABLE1 + (Variant("LeaF (instr & resp, 3 segments)", segments=3),))
-    sweeps = ExperimentConfig(seeds=(0,), variants=(
+    det = DetectConfig(student_reference=WORLD_STUDENT_REFERENCE)
+    main = ExperimentConfig(detect=det, seeds=(0, 1, 2), variants=TABLE1 + (Variant("LeaF (instr & resp, 3 segments)", segments=3),))
+    sweeps = ExperimentConfig(detect=det, seeds=(0,), variants=(
         Variant("LeaF (instr), PPL mask", mask="perplexity"), Variant("LeaF (instr), random mask", mask="random"),
         Variant("LeaF (instr), set pruning", strategy="set"),
         *(Variant(f"LeaF (instr), τ = {t}", threshold=tau(t)) for t in (0.05, 0.15, 0.2)),

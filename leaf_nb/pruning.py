@@ -5,15 +5,34 @@
 # %% ../nbs/03_pruning.ipynb #334fc725
 from __future__ import annotations
 
+import re
 from collections import Counter
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import datasets
 
-from .core import remove_spans
+from .core import generate, remove_spans
 
 # %% auto #0
-__all__ = ['CF_FEATURES', 'STRATEGIES', 'clean_spans', 'set_prune', 'span_prune', 'counterfactuals', 'response_nll']
+__all__ = ['UNITS', 'CF_FEATURES', 'STRATEGIES', 'VERIFY_MODES', 'clause_spans', 'clean_spans', 'set_prune', 'span_prune',
+           'counterfactuals', 'verify_counterfactuals', 'verified_counterfactuals', 'counterfactual_report',
+           'response_nll']
+
+# %% ../nbs/03_pruning.ipynb #4ab42e0c
+UNITS = ("token", "word", "clause")
+_CLAUSE_END = re.compile(r"[.!?;]+(?=\s|$)|\n")
+
+def clause_spans(text: str) -> list[list[int]]:
+    "Character spans of the clauses of `text`: sentences ending in . ! ? ; (before a space or the end) and lines, trimmed."
+    cuts = sorted({m.end() for m in _CLAUSE_END.finditer(text)} | {len(text)})
+    out, prev = [], 0
+    for c in cuts:
+        s, e = prev, c
+        while s < e and text[s].isspace(): s += 1
+        while e > s and text[e - 1].isspace(): e -= 1
+        if e > s: out.append([s, e])
+        prev = c
+    return out
 
 # %% ../nbs/03_pruning.ipynb #6983612f
 def clean_spans(
@@ -21,10 +40,11 @@ def clean_spans(
     text: str, # the text they index
     offsets: Sequence[Sequence[int]] | None = None, # token character offsets of `text`: snap spans to token boundaries
     name: str = "row", # for messages
-    words: bool = True, # also snap outward to whole words (never cut a number or a word in two)
+    unit: str = "word", # snap outward to whole 'token's, 'word's (never cut a number in two) or 'clause's
 ) -> tuple[list[list[int]], list[str]]:
-    "Spans sorted, snapped to token boundaries (and whole words) and with overlaps merged; plus notes on what was changed."
-    notes, out = [], []
+    "Spans sorted, snapped outward to whole units (tokens, words or clauses) and with overlaps merged; plus notes on what was changed."
+    if unit not in UNITS: raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    notes, out, clauses = [], [], clause_spans(text) if unit == "clause" else []
     for k, sp in enumerate(spans):
         if len(sp) != 2: raise ValueError(f"{name}: span #{k} {sp!r} is not [start, end]")
         s, e = int(sp[0]), int(sp[1])
@@ -35,11 +55,16 @@ def clean_spans(
                 s2, e2 = min(s, min(a for a, _ in cover)), max(e, max(b for _, b in cover))
                 if (s2, e2) != (s, e): notes.append(f"{name}: span [{s}, {e}] snapped to token boundaries [{s2}, {e2}]")
                 s, e = s2, e2
-        if words:
+        if unit != "token":
             s2, e2 = s, e
             while s2 > 0 and text[s2 - 1].isalnum() and text[s2].isalnum(): s2 -= 1
             while e2 < len(text) and text[e2].isalnum() and text[e2 - 1].isalnum(): e2 += 1
             if (s2, e2) != (s, e): notes.append(f"{name}: span [{s}, {e}] snapped to whole words [{s2}, {e2}]")
+            s, e = s2, e2
+        cover = [c for c in clauses if c[0] < e and s < c[1]]
+        if cover and (cover[0][0] < s or cover[-1][1] > e):
+            s2, e2 = min(s, cover[0][0]), max(e, cover[-1][1])
+            notes.append(f"{name}: span [{s}, {e}] snapped to its clause [{s2}, {e2}]")
             s, e = s2, e2
         out.append([s, e])
     out.sort()
@@ -91,9 +116,10 @@ def counterfactuals(
     strategy: str = "span", # 'set', 'span' or 'both'
     offsets: Mapping[str, Mapping] | None = None, # optional id -> {'instruction': token offsets, 'response': ...} to snap spans
     level: str | None = None, # 'instruction' or 'response' (default: 'response' for rows with a target_start > 0)
-    words: bool = True, # snap spans outward to whole words (see `clean_spans`)
+    unit: str = "word", # snap spans outward to whole 'token's, 'word's or 'clause's (see `clean_spans`)
+    verification: Sequence[Mapping] | None = None, # `verify_counterfactuals` records: keep only the candidates they keep
 ) -> tuple[datasets.Dataset, dict]:
-    "Originals plus their set/span counterfactuals as one dataset, and counts of what was made and skipped."
+    "Originals plus their set/span counterfactuals as one dataset, and counts of what was made, skipped and dropped."
     if strategy not in STRATEGIES: raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if level not in (None, "instruction", "response"): raise ValueError(f"level must be 'instruction' or 'response', got {level!r}")
     if isinstance(spans, datasets.Dataset):
@@ -111,8 +137,8 @@ def counterfactuals(
         counts["original"] += 1
         sp = spans.get(rid) or {}
         off = (offsets or {}).get(rid) or {}
-        ins, n1 = clean_spans(sp.get("instruction") or [], r["instruction"], off.get("instruction"), name, words)
-        res, n2 = clean_spans(sp.get("response") or [], r["response"][:ts] if ts else "", off.get("response"), f"{name} (response context)", words) \
+        ins, n1 = clean_spans(sp.get("instruction") or [], r["instruction"], off.get("instruction"), name, unit)
+        res, n2 = clean_spans(sp.get("response") or [], r["response"][:ts] if ts else "", off.get("response"), f"{name} (response context)", unit) \
             if sp.get("response") else ([], [])
         notes += n1 + n2
         units = [("instruction", s) for s in ins] + [("response", s) for s in res]
@@ -127,8 +153,101 @@ def counterfactuals(
             out.append(dict(base, id=f"{rid}::{kind}" + (f"{k}" if k >= 0 else ""), kind=kind, span_index=k,
                             pruned_spans=a, pruned_response_spans=b, **pruned))
             counts[kind] += 1
+    if verification is not None: out = _keep_verified(out, verification, counts)
     ds = datasets.Dataset.from_list(out, features=CF_FEATURES)
     return ds, {**dict(counts), "notes": notes}
+
+# %% ../nbs/03_pruning.ipynb #f844d148
+VERIFY_MODES = ("both", "teacher", "off")
+
+def _context(row) -> str: return row["response"][:row.get("target_start") or 0]
+
+def _joined(prefix: str, continuation: str) -> str:
+    return prefix + continuation if not prefix or prefix[-1].isspace() else f"{prefix} {continuation}"
+
+def verify_counterfactuals(
+    teacher, student, tokenizer,
+    rows: Sequence[Mapping] | datasets.Dataset, # `counterfactuals` output (originals are passed over)
+    check: Callable[[Mapping, str], bool], # check(row, response) -> is the response correct?
+    mode: str = "both", # 'both' models must answer correctly, the 'teacher' must, or 'off' (keep everything)
+    max_new_tokens: int = 64,
+    batch_size: int = 64, # prompts per generation pass
+    **kwargs, # passed to `generate` (system_prompt, template)
+) -> list[dict]:
+    "One record per counterfactual: each model's greedy answer to it, whether that is correct, whether it is kept, and why not."
+    if mode not in VERIFY_MODES: raise ValueError(f"mode must be one of {VERIFY_MODES}, got {mode!r}")
+    if not callable(check): raise ValueError("check must be a function check(row, response) -> bool")
+    cands = [r for r in rows if r.get("kind") != "original"]
+    for i, r in enumerate(cands):
+        if not isinstance(r.get("instruction"), str) or not r["instruction"].strip():
+            raise ValueError(f"counterfactual {r.get('id', f'#{i}')!r}: the pruned instruction is empty")
+    roles = {"both": ("teacher", "student"), "teacher": ("teacher",), "off": ()}[mode]
+    models = {"teacher": teacher, "student": student}
+    answers = {m: generate(models[m], tokenizer, cands, max_new_tokens, batch_size, continue_response=True, **kwargs) if cands else []
+               for m in roles}
+    out = []
+    for k, r in enumerate(cands):
+        rec = dict(id=r["id"], parent_id=r.get("parent_id"), kind=r.get("kind"), level=r.get("level"),
+                   instruction=r["instruction"], response_context=_context(r))
+        for m in ("teacher", "student"):
+            resp = _joined(rec["response_context"], answers[m][k]) if m in answers else None
+            rec[f"{m}_response"], rec[f"{m}_correct"] = resp, (bool(check(r, resp)) if m in answers else None)
+        wrong = [m for m in roles if not rec[f"{m}_correct"]]
+        rec["kept"] = not wrong
+        rec["reason"] = "not_verified" if mode == "off" else "kept" if not wrong else "both_wrong" if len(wrong) == 2 else f"{wrong[0]}_wrong"
+        out.append(rec)
+    return out
+
+def _keep_verified(rows: list[dict], records: Sequence[Mapping], counts: Counter) -> list[dict]:
+    "The rows whose verification record keeps them (originals always); dropped candidates are counted by reason."
+    by_id, kept = {rec["id"]: rec for rec in records}, []
+    for r in rows:
+        if r["kind"] == "original": kept.append(r); continue
+        rec = by_id.get(r["id"])
+        if rec is None or rec["instruction"] != r["instruction"] or rec["response_context"] != _context(r):
+            raise ValueError(f"counterfactual {r['id']!r} has no verification record for its text: verify the candidates "
+                             "built with the same spans, strategy and unit")
+        if rec["kept"]: kept.append(r); continue
+        counts[r["kind"]] -= 1
+        counts[f"dropped_{rec['reason']}"] += 1
+    return kept
+
+def verified_counterfactuals(
+    teacher, student, tokenizer,
+    rows: Sequence[Mapping] | datasets.Dataset, # examples, as for `counterfactuals`
+    spans: Mapping[str, Mapping] | datasets.Dataset, # flagged spans, as for `counterfactuals`
+    check: Callable[[Mapping, str], bool], # check(row, response) -> correct?
+    mode: str = "both", # see `verify_counterfactuals`
+    strategy: str = "span", unit: str = "clause", level: str | None = None, # see `counterfactuals`
+    max_new_tokens: int = 64, batch_size: int = 64,
+    **kwargs, # passed to `generate`
+) -> tuple[datasets.Dataset, dict, list[dict]]:
+    "Candidates from the spans, verified: the kept dataset, its counts (dropped ones by reason), and every candidate's record."
+    cands, counts = counterfactuals(rows, spans, strategy, level=level, unit=unit)
+    records = verify_counterfactuals(teacher, student, tokenizer, cands, check, mode, max_new_tokens, batch_size, **kwargs)
+    tally = Counter({k: v for k, v in counts.items() if k != "notes"})
+    kept = _keep_verified(cands.to_list(), records, tally)
+    return datasets.Dataset.from_list(kept, features=CF_FEATURES), {**dict(tally), "notes": counts["notes"]}, records
+
+# %% ../nbs/03_pruning.ipynb #bd20b328
+def counterfactual_report(
+    cfs: Sequence[Mapping] | datasets.Dataset, # counterfactual rows (originals and response-level rows are passed over)
+    rows: Sequence[Mapping] | datasets.Dataset, # the rows they were made from, with their gold 'confounder_spans'
+    ids: Sequence[str] | None = None, # the rows that could have yielded one (default: all of `rows`)
+) -> dict:
+    "Instruction-level counterfactuals against gold: how many cut only gold characters, and which rows (with or without a confounder) keep one."
+    by_id = {r["id"]: r for r in rows}
+    ids = list(by_id) if ids is None else list(ids)
+    cfs = [c for c in cfs if c["kind"] != "original" and c.get("level", "instruction") == "instruction"]
+    for c in cfs:
+        if c["parent_id"] not in by_id: raise ValueError(f"counterfactual {c['id']!r}: its row {c['parent_id']!r} is not among the rows given")
+    gold = lambda pid: by_id[pid].get("confounder_spans") or []
+    only_gold = [all(any(g0 <= s and e <= g1 for g0, g1 in gold(c["parent_id"])) for s, e in c["pruned_spans"]) for c in cfs]
+    kept = {c["parent_id"] for c in cfs}
+    with_c, without = [i for i in ids if gold(i)], [i for i in ids if not gold(i)]
+    return dict(counterfactuals=len(cfs), cut_only_gold=sum(only_gold) / len(cfs) if cfs else float("nan"),
+                rows_with_confounder=len(with_c), kept_with_confounder=sum(i in kept for i in with_c) / len(with_c) if with_c else float("nan"),
+                rows_without_confounder=len(without), kept_without_confounder=sum(i in kept for i in without))
 
 # %% ../nbs/03_pruning.ipynb #95e3aeee
 @__import__("torch").no_grad()

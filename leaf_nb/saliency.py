@@ -29,8 +29,8 @@ from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, _row_name, encod
 # %% auto #0
 __all__ = ['RULES', 'frozen', 'saliency_batch', 'saliency_encoding', 'Saliency', 'input_saliency', 'minmax', 'normalised_diff',
            'ThresholdRule', 'slider_rule', 'flagged_spans', 'row_seed', 'random_flags', 'top_k_flags',
-           'token_surprisal', 'select_instances', 'verify_spans', 'DetectConfig', 'apply_rule', 'load_detections',
-           'detect', 'auroc', 'gold_token_labels', 'detection_quality', 'render_threshold', 'threshold_widget']
+           'token_surprisal', 'select_instances', 'DetectConfig', 'apply_rule', 'load_detections', 'detect', 'auroc',
+           'gold_token_labels', 'detection_quality', 'render_threshold', 'threshold_widget']
 
 # %% ../nbs/02_saliency.ipynb #42c9aeb3
 @contextlib.contextmanager
@@ -303,27 +303,6 @@ def select_instances(
         out.append(dict(teacher_response=t, student_response=s, teacher_correct=tc, student_correct=sc, selected=tc and not sc))
     return out
 
-def verify_spans(
-    teacher, student, tokenizer,
-    rows: Sequence[Mapping], # rows with an 'instruction' and what `check` reads
-    spans: Sequence[Sequence[Sequence[int]]], # per row: instruction character spans to test one at a time
-    check: Callable[[Mapping, str], bool] | None = None,
-    max_new_tokens: int = 64,
-    batch_size: int = 64,
-    **kwargs,
-) -> list[list[bool]]:
-    "Per row and span: do both models answer correctly once that span alone is removed from the instruction?"
-    check = check or _default_check()
-    if len(rows) != len(spans): raise ValueError(f"{len(rows)} rows but {len(spans)} span lists")
-    pruned = [{**r, "instruction": remove_spans(r["instruction"], [sp])} for r, sps in zip(rows, spans) for sp in sps]
-    ok = []
-    if pruned:
-        t = generate(teacher, tokenizer, pruned, max_new_tokens, batch_size, **kwargs)
-        s = generate(student, tokenizer, pruned, max_new_tokens, batch_size, **kwargs)
-        ok = [bool(check(p, a) and check(p, b)) for p, a, b in zip(pruned, t, s)]
-    out, k = [], 0
-    for sps in spans: out.append(ok[k:k + len(sps)]); k += len(sps)
-    return out
 
 # %% ../nbs/02_saliency.ipynb #c3f2cb8c
 @dataclass
@@ -332,12 +311,12 @@ class DetectConfig(Config):
     threshold: ThresholdRule = None # the rule that flags tokens (default: tau = 0.1)
     select: bool = True # keep only teacher-right, student-wrong rows (others are written as 'not_selected')
     reference: str = "response" # the loss target: the row's 'response', or the 'teacher' model's greedy response
-    verify: bool = False # re-ask both models with each flagged instruction span removed
+    student_reference: str | None = None # the student's loss target in its own format, from the row's fields, e.g. 'answer : {answer}' (None: the teacher's reference)
     reduction: str = "sum" # per-example NLL: 'sum' or 'mean' over target tokens
     overflow: str = "error" # rows longer than the model's maximum: 'error' or 'truncate'
     batch_size: int = 32 # rows per saliency pass
     gen_batch_size: int = 64 # prompts per generation pass
-    max_new_tokens: int = 64 # for selection and verification
+    max_new_tokens: int = 64 # for selection
     shard_size: int = 256 # rows per shard written to disk
     seed: int = 0 # the random baseline's seed
     system_prompt: str | None = None
@@ -347,6 +326,8 @@ class DetectConfig(Config):
         if self.threshold is None: self.threshold = ThresholdRule()
         if isinstance(self.threshold, Mapping): self.threshold = ThresholdRule.from_dict(self.threshold)
         if self.reference not in ("response", "teacher"): raise ValueError(f"reference must be 'response' or 'teacher', got {self.reference!r}")
+        if self.student_reference is not None and (not isinstance(self.student_reference, str) or not self.student_reference.strip()):
+            raise ValueError(f"student_reference must be a non-empty format string or None, got {self.student_reference!r}")
         if self.reference == "teacher" and not self.select: raise ValueError("reference='teacher' needs select=True (the teacher's responses come from selection)")
         for k in ("batch_size", "gen_batch_size", "max_new_tokens", "shard_size"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1: raise ValueError(f"{k} must be an integer >= 1, got {getattr(self, k)!r}")
@@ -366,6 +347,13 @@ def apply_rule(
                 random_flags=random_flags(len(delta), k, row_seed(result["id"], seed)).tolist(),
                 ppl_flags=top_k_flags(result["surprisal"], k).tolist())
 
+def _student_row(row: Mapping, template: str, name: str) -> dict:
+    "The row with the student's reference as its response: `template` filled from the row's fields."
+    if row.get("target_start"): raise ValueError(f"{name}: student_reference is for instruction-level rows; this one has a target_start")
+    try: return {**row, "response": template.format(**row)}
+    except KeyError as e: raise ValueError(f"{name}: student_reference {template!r} names the field {e}, which the row lacks") from None
+    except (IndexError, ValueError) as e: raise ValueError(f"student_reference {template!r} is not a format string over row fields ({e})") from None
+
 def _detect_shard(teacher, student, tokenizer, rows, cfg, check, ids):
     kw = dict(system_prompt=cfg.system_prompt, template=cfg.template)
     out = [dict(id=i, status="flagged") for i in ids]
@@ -377,14 +365,17 @@ def _detect_shard(teacher, student, tokenizer, rows, cfg, check, ids):
     todo = [k for k, o in enumerate(out) if o["status"] == "flagged"]
     src = [{**rows[k], "response": out[k]["teacher_response"]} if cfg.reference == "teacher" else rows[k] for k in todo]
     encs = [saliency_encoding(r, tokenizer, _max_length(student), cfg.overflow, **kw) for r in src]
-    sal = {m: input_saliency(model, tokenizer, encodings=encs, batch_size=cfg.batch_size, reduction=cfg.reduction)
-           for m, model in (("teacher", teacher), ("student", student))}
+    s_src = src if cfg.student_reference is None else [_student_row(r, cfg.student_reference, _row_name(r)) for r in src]
+    s_encs = encs if cfg.student_reference is None else [saliency_encoding(r, tokenizer, _max_length(student), cfg.overflow, **kw) for r in s_src]
+    sal = {m: input_saliency(model, tokenizer, encodings=e, batch_size=cfg.batch_size, reduction=cfg.reduction)
+           for m, model, e in (("teacher", teacher, encs), ("student", student, s_encs))}
     surprisal = token_surprisal(student, tokenizer, encs, cfg.batch_size)
     for j, (k, e) in enumerate(zip(todo, encs)):
         st, ss = sal["teacher"][j], sal["student"][j]
         o, r = out[k], src[j]
         texts = {SOURCE_INSTRUCTION: r["instruction"], SOURCE_RESPONSE: r["response"]}
-        o.update(reference=r["response"], target_start=r.get("target_start") or 0,
+        o.update(reference=r["response"], student_reference=s_src[j]["response"] if cfg.student_reference else None,
+                 target_start=r.get("target_start") or 0,
                  context_tokens=[texts[e["source"][i]][slice(*e["offsets"][i])] for i in e["context"]],
                  context_source=[e["source"][i] for i in e["context"]], context_offsets=[e["offsets"][i] for i in e["context"]],
                  g_teacher=st.scores.tolist(), g_student=ss.scores.tolist(), nll_teacher=st.nll, nll_student=ss.nll,
@@ -393,18 +384,12 @@ def _detect_shard(teacher, student, tokenizer, rows, cfg, check, ids):
             o.update(status="nonfinite", delta=[0.0] * len(e["context"]), surprisal=[0.0] * len(e["context"])); continue
         o["delta"] = normalised_diff(st.scores, ss.scores).tolist()
         o.update(apply_rule(o, cfg.threshold, cfg.seed))
-    if cfg.verify:
-        done = [k for k in todo if out[k]["status"] == "flagged"]
-        checks = verify_spans(teacher, student, tokenizer, [rows[k] for k in done], [out[k]["spans"]["instruction"] for k in done],
-                              check, cfg.max_new_tokens, cfg.gen_batch_size, **kw)
-        for k, v in zip(done, checks): out[k]["verified"] = v
     return out
 
 # %% ../nbs/02_saliency.ipynb #31dd880a
 _COLUMNS = ("id", "status", "teacher_response", "student_response", "teacher_correct", "student_correct", "selected",
-            "reference", "target_start", "context_tokens", "context_source", "context_offsets", "g_teacher", "g_student",
-            "nll_teacher", "nll_student", "surprisal", "delta", "flags", "spans", "n_flagged", "random_flags", "ppl_flags",
-            "verified")
+            "reference", "student_reference", "target_start", "context_tokens", "context_source", "context_offsets", "g_teacher", "g_student",
+            "nll_teacher", "nll_student", "surprisal", "delta", "flags", "spans", "n_flagged", "random_flags", "ppl_flags")
 
 def _fingerprint(ids) -> str:
     return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:16]
