@@ -130,7 +130,11 @@ def _write_jsonl(p: Path, rows):
 
 def _checker(kind: str):
     "The answer checker `detect` selects with: None means the world's."
-    return None if kind == "world" else (lambda row, resp: check_answers([row], [resp], kind)[0])
+    return None if kind == "world" else _answer_check(kind)
+
+def _answer_check(kind: str) -> Callable[[Mapping, str], bool]:
+    "check(row, response) with the `check_answers` checker `kind`."
+    return lambda row, resp: check_answers([row], [resp], kind)[0]
 
 # %% ../nbs/08_experiment.ipynb #7d772fe5
 class Stages:
@@ -608,10 +612,6 @@ def run_detect_job(job: DetectJob, progress: bool = True) -> dict:
     _write_jsonl(out / "rows.jsonl", rows)
     ds = detect(teacher, student, tok, rows, out / "detections", cfg, check=_checker(job.answer_kind), progress=progress)
     return {k: ds["status"].count(k) for k in ("flagged", "not_selected", "nonfinite")}
-
-def _answer_check(kind: str) -> Callable[[Mapping, str], bool]:
-    "check(row, response) with the `check_answers` checker `kind`."
-    return lambda row, resp: check_answers([row], [resp], kind)[0]
 
 def run_prune_job(job: PruneJob) -> dict:
     "Counterfactuals from a detect folder, verified with the detect job's models: writes rows.jsonl, counts.json and verification.jsonl; returns the counts."
