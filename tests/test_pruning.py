@@ -76,3 +76,21 @@ def test_bad_k_and_spans():
     with pytest.raises(ValueError, match="k must be an integer"): segment_rows([], -1)
     with pytest.raises(ValueError, match="outside the text"): clean_spans([[-1, 2]], "abc")
     assert split_response("x", 3) == ["x"]
+
+
+def test_clause_unit_and_verification_records_must_match():
+    "Clause snapping takes a flag's whole sentence; counterfactuals refuse verification records made for other text."
+    text = "Tom has 5 pens . His friend has 8 hats . He finds 2 more . How many pens does Tom have ?"
+    row = {"id": "r", "instruction": text, "response": "answer : 7", "answer": "7"}
+    eight = text.index("8")
+    ds, _ = counterfactuals([row], {"r": {"instruction": [[eight, eight + 1]]}}, unit="clause")
+    assert ds[1]["instruction"] == "Tom has 5 pens . He finds 2 more . How many pens does Tom have ?"
+    word, _ = counterfactuals([row], {"r": {"instruction": [[eight, eight + 1]]}}, unit="word")
+    assert word[1]["instruction"] == "Tom has 5 pens . His friend has hats . He finds 2 more . How many pens does Tom have ?"
+    rec = {"id": "r::span0", "instruction": ds[1]["instruction"], "response_context": "", "kept": False, "reason": "student_wrong"}
+    kept, counts = counterfactuals([row], {"r": {"instruction": [[eight, eight + 1]]}}, unit="clause", verification=[rec])
+    assert kept["kind"] == ["original"] and counts["dropped_student_wrong"] == 1 and counts["span"] == 0
+    with pytest.raises(ValueError, match="no verification record for its text"):
+        counterfactuals([row], {"r": {"instruction": [[eight, eight + 1]]}}, unit="word", verification=[rec])
+    with pytest.raises(ValueError, match="unit must be one of"):
+        counterfactuals([row], {}, unit="sentence")
