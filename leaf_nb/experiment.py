@@ -341,11 +341,12 @@ def run_experiment(
     check = _checker(kind)
     parents = {r["id"]: r for f in fams for r in data[f]["distill"]}
     verify_check = lambda row, resp: check_answers([{**parents.get(row["parent_id"], {}), **row}], [resp], kind)[0]
+    verified = {}  # candidates shared by several training sets are verified once
     def build(rows, spans, strategy, level):
         "Counterfactual candidates, verified as `cfg.verify` says: (dataset, counts, records)."
         if cfg.verify == "off": return (*counterfactuals(rows, spans, strategy, level=level, unit=cfg.unit), [])
         return verified_counterfactuals(teacher, student, tokenizer, rows, spans, verify_check, cfg.verify, strategy, cfg.unit, level,
-                                        cfg.max_new_tokens, cfg.gen_batch_size)
+                                        cfg.max_new_tokens, cfg.gen_batch_size, verified)
     keys = {data_key(v, cfg): v for v in cfg.variants}
     seg_ks = sorted({v.segments for v in cfg.variants if v.segments and not v.kd_only})
     models = [("Teacher", None), ("Student pre-KD", None)] + [(v.name, s) for v in cfg.variants for s in cfg.seeds]

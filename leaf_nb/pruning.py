@@ -172,21 +172,25 @@ def verify_counterfactuals(
     mode: str = "both", # 'both' models must answer correctly, the 'teacher' must, or 'off' (keep everything)
     max_new_tokens: int = 64,
     batch_size: int = 64, # prompts per generation pass
+    cache: dict | None = None, # records by (mode, id, text), filled and read: candidates verified before are not asked again
     **kwargs, # passed to `generate` (system_prompt, template)
 ) -> list[dict]:
     "One record per counterfactual: each model's greedy answer to it, whether that is correct, whether it is kept, and why not."
+    if cache is not None and not isinstance(cache, dict): raise ValueError("cache must be a dict (or None)")
     if mode not in VERIFY_MODES: raise ValueError(f"mode must be one of {VERIFY_MODES}, got {mode!r}")
     if not callable(check): raise ValueError("check must be a function check(row, response) -> bool")
     cands = [r for r in rows if r.get("kind") != "original"]
     for i, r in enumerate(cands):
         if not isinstance(r.get("instruction"), str) or not r["instruction"].strip():
             raise ValueError(f"counterfactual {r.get('id', f'#{i}')!r}: the pruned instruction is empty")
+    cache = {} if cache is None else cache
+    key = lambda r: (mode, r["id"], r["instruction"], _context(r))
+    todo = [r for r in cands if key(r) not in cache]
     roles = {"both": ("teacher", "student"), "teacher": ("teacher",), "off": ()}[mode]
     models = {"teacher": teacher, "student": student}
-    answers = {m: generate(models[m], tokenizer, cands, max_new_tokens, batch_size, continue_response=True, **kwargs) if cands else []
+    answers = {m: generate(models[m], tokenizer, todo, max_new_tokens, batch_size, continue_response=True, **kwargs) if todo else []
                for m in roles}
-    out = []
-    for k, r in enumerate(cands):
+    for k, r in enumerate(todo):
         rec = dict(id=r["id"], parent_id=r.get("parent_id"), kind=r.get("kind"), level=r.get("level"),
                    instruction=r["instruction"], response_context=_context(r))
         for m in ("teacher", "student"):
@@ -195,8 +199,8 @@ def verify_counterfactuals(
         wrong = [m for m in roles if not rec[f"{m}_correct"]]
         rec["kept"] = not wrong
         rec["reason"] = "not_verified" if mode == "off" else "kept" if not wrong else "both_wrong" if len(wrong) == 2 else f"{wrong[0]}_wrong"
-        out.append(rec)
-    return out
+        cache[key(r)] = rec
+    return [cache[key(r)] for r in cands]
 
 def _keep_verified(rows: list[dict], records: Sequence[Mapping], counts: Counter) -> list[dict]:
     "The rows whose verification record keeps them (originals always); dropped candidates are counted by reason."
@@ -220,11 +224,12 @@ def verified_counterfactuals(
     mode: str = "both", # see `verify_counterfactuals`
     strategy: str = "span", unit: str = "clause", level: str | None = None, # see `counterfactuals`
     max_new_tokens: int = 64, batch_size: int = 64,
+    cache: dict | None = None, # see `verify_counterfactuals`
     **kwargs, # passed to `generate`
 ) -> tuple[datasets.Dataset, dict, list[dict]]:
     "Candidates from the spans, verified: the kept dataset, its counts (dropped ones by reason), and every candidate's record."
     cands, counts = counterfactuals(rows, spans, strategy, level=level, unit=unit)
-    records = verify_counterfactuals(teacher, student, tokenizer, cands, check, mode, max_new_tokens, batch_size, **kwargs)
+    records = verify_counterfactuals(teacher, student, tokenizer, cands, check, mode, max_new_tokens, batch_size, cache, **kwargs)
     tally = Counter({k: v for k, v in counts.items() if k != "notes"})
     kept = _keep_verified(cands.to_list(), records, tally)
     return datasets.Dataset.from_list(kept, features=CF_FEATURES), {**dict(tally), "notes": counts["notes"]}, records
