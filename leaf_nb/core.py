@@ -27,7 +27,7 @@ __all__ = ['logger', 'EXAMPLE_FEATURES', 'REQUIRED_FIELDS', 'SMOLLM2_GGUF', 'SOU
            'ModelConfig', 'seed_everything', 'pick_device', 'pick_dtype', 'ModelNotFoundError', 'ensure_pad_token',
            'load_tokenizer', 'load_model', 'load_pretrained', 'toy_tokenizer', 'toy_model', 'smollm2_path',
            'smollm2_gguf', 'PairCheck', 'check_pair', 'format_prompt', 'encode', 'token_mask', 'remove_spans',
-           'pad_encodings', 'encode_batch', 'generate']
+           'clause_spans', 'pad_encodings', 'encode_batch', 'generate']
 
 # %% ../nbs/00_core.ipynb #67485f3f
 logger = logging.getLogger("leaf_nb")
@@ -540,6 +540,21 @@ def remove_spans(text: str, spans: Sequence[Sequence[int]]) -> str:
         out = piece if out is None else _join_cut(out, piece)
         last = e
     return (text if out is None else _join_cut(out, text[last:])).strip()
+
+# %% ../nbs/00_core.ipynb #03388b0a
+_CLAUSE_END = re.compile(r"[.!?;]+(?=\s|$)|\n")
+
+def clause_spans(text: str) -> list[list[int]]:
+    "Character spans of the clauses of `text`: sentences ending in . ! ? ; (before a space or the end) and lines, trimmed."
+    cuts = sorted({m.end() for m in _CLAUSE_END.finditer(text)} | {len(text)})
+    out, prev = [], 0
+    for c in cuts:
+        s, e = prev, c
+        while s < e and text[s].isspace(): s += 1
+        while e > s and text[e - 1].isspace(): e -= 1
+        if e > s: out.append([s, e])
+        prev = c
+    return out
 
 # %% ../nbs/00_core.ipynb #e73cf0b4
 def pad_encodings(encs: Sequence[Mapping], pad_token_id: int | None, padding_side: str = "right") -> dict[str, torch.Tensor]:

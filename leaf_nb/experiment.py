@@ -492,11 +492,12 @@ def stage1_report(
     report = {}
     for f, fam_rows in rows.items():
         dets = load_detections(out / "detect" / f)
-        q = detection_quality(dets, fam_rows)
+        q, qc = detection_quality(dets, fam_rows), detection_quality(dets, fam_rows, unit="clause")
         ids = {r["id"] for r in fam_rows}
         cfs = [r for r in train if r["kind"] != "original" and r["level"] == "instruction" and r["parent_id"] in ids]
         answers = generate(teacher, tokenizer, cfs, max_new_tokens=max_new_tokens, batch_size=batch_size) if cfs else []
         cell = {f"{m} {k}": q[m][k] for m in q for k in ("precision", "auroc")}
+        cell.update({f"{m} {k} (clause)": qc[m][k] for m in qc for k in ("precision", "auroc")})
         cell["teacher_correct"] = float(np.mean([check(r, a) for r, a in zip(cfs, answers)])) if cfs else float("nan")
         cell.update(counterfactual_report(cfs, fam_rows, [d["id"] for d in dets if d["status"] == "flagged"]))
         report[f] = cell

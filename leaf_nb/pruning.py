@@ -5,34 +5,19 @@
 # %% ../nbs/03_pruning.ipynb #334fc725
 from __future__ import annotations
 
-import re
 from collections import Counter
 from typing import Callable, Mapping, Sequence
 
 import datasets
 
-from .core import generate, remove_spans
+from .core import clause_spans, generate, remove_spans
 
 # %% auto #0
-__all__ = ['UNITS', 'CF_FEATURES', 'STRATEGIES', 'VERIFY_MODES', 'clause_spans', 'clean_spans', 'set_prune', 'span_prune',
-           'counterfactuals', 'verify_counterfactuals', 'verified_counterfactuals', 'counterfactual_report',
-           'response_nll']
+__all__ = ['UNITS', 'CF_FEATURES', 'STRATEGIES', 'VERIFY_MODES', 'clean_spans', 'set_prune', 'span_prune', 'counterfactuals',
+           'verify_counterfactuals', 'verified_counterfactuals', 'counterfactual_report', 'response_nll']
 
 # %% ../nbs/03_pruning.ipynb #4ab42e0c
 UNITS = ("token", "word", "clause")
-_CLAUSE_END = re.compile(r"[.!?;]+(?=\s|$)|\n")
-
-def clause_spans(text: str) -> list[list[int]]:
-    "Character spans of the clauses of `text`: sentences ending in . ! ? ; (before a space or the end) and lines, trimmed."
-    cuts = sorted({m.end() for m in _CLAUSE_END.finditer(text)} | {len(text)})
-    out, prev = [], 0
-    for c in cuts:
-        s, e = prev, c
-        while s < e and text[s].isspace(): s += 1
-        while e > s and text[e - 1].isspace(): e -= 1
-        if e > s: out.append([s, e])
-        prev = c
-    return out
 
 # %% ../nbs/03_pruning.ipynb #6983612f
 def clean_spans(

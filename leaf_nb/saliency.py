@@ -23,14 +23,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, _row_name, encode, generate, pad_encodings,
+from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, _row_name, clause_spans, encode, generate, pad_encodings,
                           remove_spans, validate_examples)
 
 # %% auto #0
 __all__ = ['RULES', 'frozen', 'saliency_batch', 'saliency_encoding', 'Saliency', 'input_saliency', 'minmax', 'normalised_diff',
            'ThresholdRule', 'slider_rule', 'flagged_spans', 'row_seed', 'random_flags', 'top_k_flags',
            'token_surprisal', 'select_instances', 'DetectConfig', 'apply_rule', 'load_detections', 'detect', 'auroc',
-           'gold_token_labels', 'detection_quality', 'render_threshold', 'threshold_widget']
+           'gold_token_labels', 'clause_groups', 'detection_quality', 'render_threshold', 'threshold_widget']
 
 # %% ../nbs/02_saliency.ipynb #42c9aeb3
 @contextlib.contextmanager
@@ -469,13 +469,30 @@ def _prf(flags, gold) -> tuple[float, float, float]:
     r = tp / gold.sum() if gold.sum() else float("nan")
     return p, r, (2 * p * r / (p + r) if p + r > 0 else 0.0)
 
+def clause_groups(result: Mapping, row: Mapping) -> np.ndarray:
+    "For each context token of a detected row, the index of its clause (`clause_spans`) across the instruction and the response context."
+    texts = {SOURCE_INSTRUCTION: row["instruction"], SOURCE_RESPONSE: result.get("reference") or row.get("response") or ""}
+    ids, out = {}, []
+    for src, (a, b) in zip(result["context_source"], result["context_offsets"]):
+        k = next((k for k, (s, e) in enumerate(clause_spans(texts[src])) if s <= a < e), -1 - len(out))
+        out.append(ids.setdefault((src, k), len(ids)))
+    return np.array(out, dtype=int)
+
+def _pooled(values: np.ndarray, groups: np.ndarray, reduce) -> np.ndarray:
+    "Each value replaced by `reduce` over its group."
+    out = np.empty(len(values), dtype=np.asarray(values).dtype)
+    for g in np.unique(groups): out[groups == g] = reduce(values[groups == g])
+    return out
+
 def detection_quality(
     detections: datasets.Dataset | Sequence[Mapping], # `detect` output
     rows: Sequence[Mapping] | datasets.Dataset, # the input rows, with their gold spans
     rule: ThresholdRule | None = None, # re-threshold with this rule (default: the flags stored by `detect`)
     seed: int = 0, # the random baseline's seed
+    unit: str = "token", # 'token' as flagged, or 'clause': a flag takes its whole clause, and a clause scores its best token
 ) -> dict[str, dict]:
-    "Token-level precision, recall, F1 and AUROC against gold spans, for the gradient rule and both baselines."
+    "Precision, recall, F1 and AUROC over context tokens against gold spans, for the gradient rule and both baselines."
+    if unit not in ("token", "clause"): raise ValueError(f"unit must be 'token' or 'clause', got {unit!r}")
     by_id = {r["id"]: r for r in rows}
     flags, labels, scores = {m: [] for m in ("gradient", "perplexity", "random")}, [], {m: [] for m in ("gradient", "perplexity", "random")}
     n = 0
@@ -489,6 +506,9 @@ def detection_quality(
         labels.append(gold_token_labels(res, by_id[res["id"]]))
         scores["gradient"].append(-np.asarray(res["delta"])); scores["perplexity"].append(np.asarray(res["surprisal"]))
         scores["random"].append(np.random.default_rng(row_seed(res["id"], seed + 1)).random(len(res["delta"])))
+        if unit == "clause":
+            g = clause_groups(res, by_id[res["id"]])
+            for m in flags: flags[m][-1], scores[m][-1] = _pooled(flags[m][-1], g, np.any), _pooled(scores[m][-1], g, np.max)
     if n == 0: raise ValueError("no row with status 'flagged' to score")
     y = np.concatenate(labels)
     out = {}
