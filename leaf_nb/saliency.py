@@ -472,9 +472,9 @@ def _prf(flags, gold) -> tuple[float, float, float]:
 def clause_groups(result: Mapping, row: Mapping) -> np.ndarray:
     "For each context token of a detected row, the index of its clause (`clause_spans`) across the instruction and the response context."
     texts = {SOURCE_INSTRUCTION: row["instruction"], SOURCE_RESPONSE: result.get("reference") or row.get("response") or ""}
-    ids, out = {}, []
+    clauses, ids, out = {src: clause_spans(t) for src, t in texts.items()}, {}, []
     for src, (a, b) in zip(result["context_source"], result["context_offsets"]):
-        k = next((k for k, (s, e) in enumerate(clause_spans(texts[src])) if s <= a < e), -1 - len(out))
+        k = next((k for k, (s, e) in enumerate(clauses[src]) if s <= a < e), -1 - len(out))
         out.append(ids.setdefault((src, k), len(ids)))
     return np.array(out, dtype=int)
 
