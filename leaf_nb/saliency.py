@@ -27,10 +27,11 @@ from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, _row_name, claus
                           remove_spans, validate_examples)
 
 # %% auto #0
-__all__ = ['RULES', 'frozen', 'saliency_batch', 'saliency_encoding', 'Saliency', 'input_saliency', 'minmax', 'normalised_diff',
-           'ThresholdRule', 'slider_rule', 'flagged_spans', 'row_seed', 'random_flags', 'top_k_flags',
-           'token_surprisal', 'select_instances', 'DetectConfig', 'apply_rule', 'load_detections', 'detect', 'auroc',
-           'gold_token_labels', 'clause_groups', 'detection_quality', 'render_threshold', 'threshold_widget']
+__all__ = ['RULES', 'RULE_UNITS', 'frozen', 'saliency_batch', 'saliency_encoding', 'Saliency', 'input_saliency', 'minmax',
+           'normalised_diff', 'ThresholdRule', 'slider_rule', 'flagged_spans', 'row_seed', 'random_flags',
+           'top_k_flags', 'token_surprisal', 'select_instances', 'DetectConfig', 'apply_rule', 'context_clauses',
+           'load_detections', 'detect', 'auroc', 'gold_token_labels', 'clause_groups', 'detection_quality',
+           'render_threshold', 'threshold_widget']
 
 # %% ../nbs/02_saliency.ipynb #42c9aeb3
 @contextlib.contextmanager
@@ -194,39 +195,57 @@ def normalised_diff(g_teacher, g_student) -> np.ndarray:
 
 # %% ../nbs/02_saliency.ipynb #aefee8bb
 RULES = ("tau", "quantile", "iqr")
+RULE_UNITS = ("token", "clause")
 
 @dataclass
 class ThresholdRule(Config):
-    "Which tokens of a context are flagged, from their normalised Δĝ."
+    "Which tokens of a context are flagged, from their normalised Δĝ: one by one, or whole clauses at a time."
     rule: str = "tau" # 'tau', 'quantile' or 'iqr'
     tau: float = 0.1 # 'tau': flag Δĝ <= tau
     quantile: float = 0.1 # 'quantile': flag Δĝ <= the instance's q-quantile...
     cap: float = 0.5 # ...but never above this
     iqr_k: float = 1.5 # 'iqr': flag Δĝ <= Q1 - k * IQR
+    unit: str = "token" # 'token', or 'clause': a clause scores its lowest Δĝ (min-max normalised over the clauses) and is flagged whole
 
     def __post_init__(self):
         if self.rule not in RULES: raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
+        if self.unit not in RULE_UNITS: raise ValueError(f"unit must be one of {RULE_UNITS}, got {self.unit!r}")
         for k in ("tau", "quantile", "cap"):
             v = getattr(self, k)
             if not isinstance(v, (int, float)) or not 0 <= v <= 1: raise ValueError(f"{k} must be in [0, 1], got {v!r}")
         if not self.iqr_k >= 0: raise ValueError(f"iqr_k must be >= 0, got {self.iqr_k!r}")
 
-    def threshold(self, delta) -> float:
-        "The instance's threshold on Δĝ."
+    def scores(self, delta, groups=None) -> tuple[np.ndarray, np.ndarray | None]:
+        "The scores the rule thresholds (per token, or per clause) and, for clauses, each token's clause index into them."
         d = np.asarray(delta, dtype=np.float64)
-        if self.rule == "tau" or d.size == 0: return float(self.tau)
-        if self.rule == "quantile": return float(min(np.quantile(d, self.quantile), self.cap))
-        q1, q3 = np.quantile(d, [0.25, 0.75])
+        if self.unit == "token": return d, None
+        if groups is None: raise ValueError("a rule with unit='clause' needs the clause of every token (`groups`, detect's 'context_clause')")
+        g = np.asarray(groups)
+        if g.shape != d.shape: raise ValueError(f"{g.size} clause ids for {d.size} tokens")
+        ids, inv = np.unique(g, return_inverse=True)
+        s = np.full(len(ids), np.inf)
+        np.minimum.at(s, inv, d)
+        return minmax(s), inv
+
+    def _cut(self, s: np.ndarray) -> float:
+        if self.rule == "tau" or s.size == 0: return float(self.tau)
+        if self.rule == "quantile": return float(min(np.quantile(s, self.quantile), self.cap))
+        q1, q3 = np.quantile(s, [0.25, 0.75])
         return float(q1 - self.iqr_k * (q3 - q1))
 
-    def __call__(self, delta) -> np.ndarray:
-        "A boolean mask: which tokens are flagged."
-        d = np.asarray(delta, dtype=np.float64)
-        return d <= self.threshold(d)
+    def threshold(self, delta, groups=None) -> float:
+        "The instance's threshold on its scores (Δĝ per token, or per clause)."
+        return self._cut(self.scores(delta, groups)[0])
 
-def slider_rule(rule: str, value: float) -> ThresholdRule:
-    "The rule a widget's (rule, slider) pair means: the slider is q for 'quantile' and τ otherwise."
-    return ThresholdRule(rule, quantile=value) if rule == "quantile" else ThresholdRule(rule, tau=value)
+    def __call__(self, delta, groups=None) -> np.ndarray:
+        "A boolean mask over tokens: which are flagged (with unit='clause', every token of a flagged clause)."
+        s, inv = self.scores(delta, groups)
+        flags = s <= self._cut(s)
+        return flags if inv is None else flags[inv]
+
+def slider_rule(rule: str, value: float, unit: str = "token") -> ThresholdRule:
+    "The rule a widget's (rule, slider, unit) choice means: the slider is q for 'quantile' and τ otherwise."
+    return ThresholdRule(rule, quantile=value, unit=unit) if rule == "quantile" else ThresholdRule(rule, tau=value, unit=unit)
 
 # %% ../nbs/02_saliency.ipynb #d598bd1a
 def flagged_spans(
@@ -308,7 +327,7 @@ def select_instances(
 @dataclass
 class DetectConfig(Config):
     "Settings of `detect`."
-    threshold: ThresholdRule = None # the rule that flags tokens (default: tau = 0.1)
+    threshold: ThresholdRule = None # the rule that flags tokens (default: per clause, the lowest 10% of each row's clauses: `ThresholdRule("quantile", unit="clause")`)
     select: bool = True # keep only teacher-right, student-wrong rows (others are written as 'not_selected')
     reference: str = "response" # the loss target: the row's 'response', or the 'teacher' model's greedy response
     student_reference: str | None = None # the student's loss target in its own format, from the row's fields, e.g. 'answer : {answer}' (None: the teacher's reference)
@@ -323,7 +342,7 @@ class DetectConfig(Config):
     template: str = "auto"
 
     def __post_init__(self):
-        if self.threshold is None: self.threshold = ThresholdRule()
+        if self.threshold is None: self.threshold = ThresholdRule("quantile", quantile=0.1, unit="clause")
         if isinstance(self.threshold, Mapping): self.threshold = ThresholdRule.from_dict(self.threshold)
         if self.reference not in ("response", "teacher"): raise ValueError(f"reference must be 'response' or 'teacher', got {self.reference!r}")
         if self.student_reference is not None and (not isinstance(self.student_reference, str) or not self.student_reference.strip()):
@@ -338,14 +357,37 @@ def apply_rule(
     rule: ThresholdRule, # the rule to apply to its stored Δĝ
     seed: int = 0, # the random baseline's seed
 ) -> dict:
-    "Flags and spans of one detected row under another rule, from its stored scores (no model is run)."
+    "Flags and spans of one detected row under another rule, from its stored scores (no model is run); the baselines flag as many units."
     delta = np.asarray(result["delta"], dtype=np.float64)
-    flags = rule(delta)
-    k = int(flags.sum())
+    groups = result.get("context_clause") if rule.unit == "clause" else None
+    if rule.unit == "clause" and groups is None:
+        raise ValueError(f"row {result.get('id')!r}: a rule with unit='clause' needs 'context_clause', which detect writes (rerun detect)")
+    flags = rule(delta, groups)
     enc = {"context": list(range(len(delta))), "source": result["context_source"], "offsets": result["context_offsets"]}
-    return dict(flags=flags.tolist(), spans=flagged_spans(enc, flags), n_flagged=k,
-                random_flags=random_flags(len(delta), k, row_seed(result["id"], seed)).tolist(),
-                ppl_flags=top_k_flags(result["surprisal"], k).tolist())
+    rs = row_seed(result["id"], seed)
+    if groups is None:
+        k = int(flags.sum())
+        rand, ppl = random_flags(len(delta), k, rs), top_k_flags(result["surprisal"], k)
+    else:
+        _, inv = rule.scores(delta, groups)
+        n, k = int(inv.max()) + 1 if inv.size else 0, len(set(inv[flags].tolist()))
+        top = np.full(n, -np.inf)
+        np.maximum.at(top, inv, np.asarray(result["surprisal"], dtype=np.float64))  # a clause is as surprising as its most surprising token
+        rand, ppl = random_flags(n, k, rs)[inv], top_k_flags(top, k)[inv]
+    return dict(flags=flags.tolist(), spans=flagged_spans(enc, flags), n_flagged=int(flags.sum()),
+                random_flags=rand.tolist(), ppl_flags=ppl.tolist())
+
+def context_clauses(
+    texts: Mapping[int, str], # source -> its text (SOURCE_INSTRUCTION: the instruction, SOURCE_RESPONSE: the reference response)
+    sources: Sequence[int], # each context token's source
+    offsets: Sequence[Sequence[int]], # each context token's character span in its source's text
+) -> list[int]:
+    "Each context token's clause (`clause_spans` of its source text), numbered in order of first appearance; a token outside every clause is its own."
+    clauses, ids, out = {src: clause_spans(t) for src, t in texts.items()}, {}, []
+    for src, (a, b) in zip(sources, offsets):
+        k = next((k for k, (s, e) in enumerate(clauses.get(src, ())) if s <= a < e), -1 - len(out))
+        out.append(ids.setdefault((src, k), len(ids)))
+    return out
 
 def _student_row(row: Mapping, template: str, name: str) -> dict:
     "The row with the student's reference as its response: `template` filled from the row's fields."
@@ -378,6 +420,7 @@ def _detect_shard(teacher, student, tokenizer, rows, cfg, check, ids):
                  target_start=r.get("target_start") or 0,
                  context_tokens=[texts[e["source"][i]][slice(*e["offsets"][i])] for i in e["context"]],
                  context_source=[e["source"][i] for i in e["context"]], context_offsets=[e["offsets"][i] for i in e["context"]],
+                 context_clause=context_clauses(texts, [e["source"][i] for i in e["context"]], [e["offsets"][i] for i in e["context"]]),
                  g_teacher=st.scores.tolist(), g_student=ss.scores.tolist(), nll_teacher=st.nll, nll_student=ss.nll,
                  surprisal=surprisal[j].tolist())
         if not (st.finite and ss.finite and np.isfinite(surprisal[j]).all()):
@@ -388,7 +431,7 @@ def _detect_shard(teacher, student, tokenizer, rows, cfg, check, ids):
 
 # %% ../nbs/02_saliency.ipynb #31dd880a
 _COLUMNS = ("id", "status", "teacher_response", "student_response", "teacher_correct", "student_correct", "selected",
-            "reference", "student_reference", "target_start", "context_tokens", "context_source", "context_offsets", "g_teacher", "g_student",
+            "reference", "student_reference", "target_start", "context_tokens", "context_source", "context_offsets", "context_clause", "g_teacher", "g_student",
             "nll_teacher", "nll_student", "surprisal", "delta", "flags", "spans", "n_flagged", "random_flags", "ppl_flags")
 
 def _fingerprint(ids) -> str:
@@ -470,13 +513,10 @@ def _prf(flags, gold) -> tuple[float, float, float]:
     return p, r, (2 * p * r / (p + r) if p + r > 0 else 0.0)
 
 def clause_groups(result: Mapping, row: Mapping) -> np.ndarray:
-    "For each context token of a detected row, the index of its clause (`clause_spans`) across the instruction and the response context."
+    "For each context token of a detected row, the index of its clause across the instruction and the response context (as `detect` stored it)."
+    if result.get("context_clause") is not None: return np.asarray(result["context_clause"], dtype=int)
     texts = {SOURCE_INSTRUCTION: row["instruction"], SOURCE_RESPONSE: result.get("reference") or row.get("response") or ""}
-    clauses, ids, out = {src: clause_spans(t) for src, t in texts.items()}, {}, []
-    for src, (a, b) in zip(result["context_source"], result["context_offsets"]):
-        k = next((k for k, (s, e) in enumerate(clauses[src]) if s <= a < e), -1 - len(out))
-        out.append(ids.setdefault((src, k), len(ids)))
-    return np.array(out, dtype=int)
+    return np.array(context_clauses(texts, result["context_source"], result["context_offsets"]), dtype=int)
 
 def _pooled(values: np.ndarray, groups: np.ndarray, reduce) -> np.ndarray:
     "Each value replaced by `reduce` over its group."
@@ -489,10 +529,11 @@ def detection_quality(
     rows: Sequence[Mapping] | datasets.Dataset, # the input rows, with their gold spans
     rule: ThresholdRule | None = None, # re-threshold with this rule (default: the flags stored by `detect`)
     seed: int = 0, # the random baseline's seed
-    unit: str = "token", # 'token' as flagged, or 'clause': a flag takes its whole clause, and a clause scores its best token
+    unit: str | None = None, # 'token' as flagged, or 'clause': a flag takes its whole clause, and a clause scores its best token (None: `rule`'s unit, else 'token')
 ) -> dict[str, dict]:
     "Precision, recall, F1 and AUROC over context tokens against gold spans, for the gradient rule and both baselines."
-    if unit not in ("token", "clause"): raise ValueError(f"unit must be 'token' or 'clause', got {unit!r}")
+    unit = unit or (rule.unit if rule is not None else "token")
+    if unit not in RULE_UNITS: raise ValueError(f"unit must be 'token' or 'clause', got {unit!r}")
     by_id = {r["id"]: r for r in rows}
     flags, labels, scores = {m: [] for m in ("gradient", "perplexity", "random")}, [], {m: [] for m in ("gradient", "perplexity", "random")}
     n = 0
@@ -535,15 +576,16 @@ def render_threshold(
     row: Mapping, # its input row ('instruction'; gold spans are shown when present)
     rule: str = "tau", # 'tau', 'quantile' or 'iqr'
     tau: float = 0.1, # τ for 'tau', q for 'quantile' (ignored by 'iqr')
+    unit: str = "token", # flag 'token's or whole 'clause's
 ) -> str:
     "HTML: the instruction with tokens shaded by Δĝ, flagged ones outlined, gold ones underlined, then the pruned prompt."
     if result["status"] != "flagged": return f"<p>row {html.escape(str(result['id']))}: {result['status']}, nothing flagged</p>"
-    th = slider_rule(rule, tau)
+    th = slider_rule(rule, tau, unit)
     f = apply_rule(result, th)
     gold = gold_token_labels(result, row)
     pruned = remove_spans(row["instruction"], f["spans"]["instruction"])
     return (f'<div class="leaf-threshold" style="font-family: monospace; line-height: 1.9">'
-            f'<p><b>{html.escape(str(result["id"]))}</b> · rule {rule}, threshold {th.threshold(result["delta"]):.3f} · '
+            f'<p><b>{html.escape(str(result["id"]))}</b> · rule {rule} per {unit}, threshold {th.threshold(result["delta"], result.get("context_clause")):.3f} · '
             f'{f["n_flagged"]} of {len(result["delta"])} tokens flagged</p>'
             f'<p>{_token_html(row["instruction"], result, f["flags"], gold)}</p>'
             f'<p><i>pruned:</i> {html.escape(pruned)}</p></div>')
@@ -552,10 +594,11 @@ def threshold_widget(
     detections: datasets.Dataset | Sequence[Mapping], # `detect` output
     rows: Sequence[Mapping] | datasets.Dataset | None, # its input rows (`render_threshold` needs them)
     rule: str = "tau", tau: float = 0.1, # initial settings
-    render: Callable | None = None, # render(result, row, rule, tau) -> HTML; default `render_threshold`
+    render: Callable | None = None, # render(result, row, rule, tau, unit) -> HTML; default `render_threshold`
     continuous_update: bool = True, # re-render while the slider moves (False: on release)
+    unit: str = "token", # initial unit: flag 'token's or whole 'clause's
 ):
-    "An example picker, a rule dropdown and a τ slider over cached detections; returns the ipywidgets box."
+    "An example picker, rule and unit dropdowns and a τ slider over cached detections; returns the ipywidgets box."
     import ipywidgets as W
     render = render or render_threshold
     if rows is None and render is render_threshold: raise ValueError("render_threshold needs the input rows")
@@ -564,11 +607,12 @@ def threshold_widget(
     if not flagged: raise ValueError("no detected row with status 'flagged' to show")
     pick = W.Dropdown(options=[(d["id"], k) for k, d in enumerate(flagged)], description="example")
     rule_w = W.Dropdown(options=list(RULES), value=rule, description="rule")
+    unit_w = W.Dropdown(options=list(RULE_UNITS), value=unit, description="unit")
     tau_w = W.FloatSlider(value=tau, min=0.0, max=1.0, step=0.01, description="τ / q", continuous_update=continuous_update)
     view = W.HTML()
     def update(*_):
         d = flagged[pick.value]
-        view.value = render(d, by_id.get(d["id"]), rule_w.value, tau_w.value)
-    for w in (pick, rule_w, tau_w): w.observe(update, names="value")
+        view.value = render(d, by_id.get(d["id"]), rule_w.value, tau_w.value, unit_w.value)
+    for w in (pick, rule_w, unit_w, tau_w): w.observe(update, names="value")
     update()
-    return W.VBox([W.HBox([pick, rule_w, tau_w]), view])
+    return W.VBox([W.HBox([pick, rule_w, unit_w, tau_w]), view])

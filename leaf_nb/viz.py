@@ -179,7 +179,7 @@ def detection_heatmap(
     "The token heatmap of one detected row: ĝ_T, ĝ_S and Δĝ (low Δĝ shaded strongest), flags outlined, gold marked."
     d = detection_scores(result, row, rule)
     n, k = len(d["tokens"]), sum(d["flags"])
-    how = "stored flags" if rule is None else f"rule {rule.rule}, threshold {rule.threshold(result['delta']):.3f}"
+    how = "stored flags" if rule is None else f"rule {rule.rule} per {rule.unit}, threshold {rule.threshold(result['delta'], result.get('context_clause')):.3f}"
     title = f"{result['id']} · {k} of {n} context tokens flagged ({how})"
     if d["gold"] is not None: title += f" · {sum(d['gold'])} gold"
     return token_heatmap(**d, title=title, normalise=False, reverse=("Δĝ",), width=width, return_html=return_html)
@@ -620,18 +620,20 @@ def render_detection(
     row: Mapping | None = None, # its input row (adds gold marks and the pruned-prompt view)
     rule: str = "tau", # 'tau', 'quantile' or 'iqr'
     tau: float = 0.1, # τ for 'tau', q for 'quantile' (ignored by 'iqr')
+    unit: str = "token", # flag 'token's or whole 'clause's
 ) -> str:
     "HTML: the heatmap of one detected row under a rule, then (given the row) saliency's instruction and pruned-prompt view."
-    out = detection_heatmap(result, row, slider_rule(rule, tau), return_html=True)
-    return out + (render_threshold(result, row, rule, tau) if row is not None else "")
+    out = detection_heatmap(result, row, slider_rule(rule, tau, unit), return_html=True)
+    return out + (render_threshold(result, row, rule, tau, unit) if row is not None else "")
 
 def detection_widget(
     detections: datasets.Dataset | Sequence[Mapping], # `detect` output
     rows: Sequence[Mapping] | datasets.Dataset | None = None, # its input rows (gold marks, pruned prompts)
     rule: str = "tau", tau: float = 0.1, # initial settings
+    unit: str = "token", # initial unit: flag 'token's or whole 'clause's
 ):
-    "An example picker, a rule dropdown and a τ slider over cached detections, showing `render_detection`; returns the widget box."
-    return threshold_widget(detections, rows, rule, tau, render=render_detection, continuous_update=False)
+    "An example picker, rule and unit dropdowns and a τ slider over cached detections, showing `render_detection`; returns the widget box."
+    return threshold_widget(detections, rows, rule, tau, render=render_detection, continuous_update=False, unit=unit)
 
 def render_attention(
     maps: AttentionMaps, # from `example_attention`

@@ -157,12 +157,13 @@ def make_examples(
     seed: int, # the corpus seed (any int; families and seeds give independent streams)
     cfg: TaskConfig | None = None, # how to draw them (default: `TaskConfig()`)
     split: str = "x", # a tag for the ids
+    stream: str | None = None, # mixed into the random stream (None: the family and seed alone), so that equal settings draw other rows
 ) -> list[dict]:
     "Draw `n` examples of `family` as core example rows with gold confounder spans."
     if family not in FAMILIES: raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     if not isinstance(n, int) or n < 0: raise ValueError(f"n must be a non-negative int, got {n!r}")
     cfg = cfg or TaskConfig()
-    rng, make = random.Random(f"{family}|{seed}"), (_math if family == "math" else _code)
+    rng, make = random.Random(f"{family}|{seed}" + (f"|{stream}" if stream else "")), (_math if family == "math" else _code)
     rows = []
     for i in range(n):
         ins, spans, steps, marked, ans, dval, spur = make(rng, cfg, rng.random() < cfg.distractor_rate)
@@ -340,7 +341,9 @@ def world_splits(cfg: WorldConfig, names: Sequence[str] = SPLITS) -> dict[str, d
             "test": (cfg.eval_task, cfg.n_eval), "test_clean": (clean, cfg.n_eval)}
     unknown = set(names) - set(plan)
     if unknown: raise ValueError(f"unknown split(s) {sorted(unknown)}; the world's splits are {SPLITS}")
-    return {f: {name: make_examples(f, plan[name][1], cfg.seed, plan[name][0], split=name) for name in names} for f in cfg.families}
+    # validation has test's settings, so it draws from a stream of its own: the same stream would repeat test row for row
+    return {f: {name: make_examples(f, plan[name][1], cfg.seed, plan[name][0], split=name, stream="validation" if name == "validation" else None)
+                for name in names} for f in cfg.families}
 
 # %% ../nbs/01_causal_world.ipynb #9f27b937
 @dataclass

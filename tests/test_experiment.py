@@ -65,7 +65,7 @@ def _inside(glob):
 @pytest.mark.slow
 @pytest.mark.parametrize("when", [
     "detect-code",                       # killed after a detection stage, before its response-level one
-    "cache-instr-tau0.1",                # after a teacher cache
+    "cache-instr-quantile0.1-0.5-clause",  # after a teacher cache
     "inside distill/leaf-instr-s0/checkpoint-3/trainer_state.json",  # inside a distillation, after its first checkpoint (written last)
     "evaluate-leaf-instr-s1",            # after an evaluation, with one more variant to go
 ])

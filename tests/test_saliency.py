@@ -1,6 +1,7 @@
 "Saliency and detection: resume after a crash (a killed subprocess), bad input, and a real model."
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -143,3 +144,23 @@ def test_smollm2_batched_equals_per_example(smol):
         assert abs(b.nll - one.nll) < 1e-3 * abs(one.nll)
     enc = saliency_encoding(rows[0], tok)
     assert all(enc["source"][i] == 1 for i in enc["context"])
+
+
+def test_clause_rule_flags_whole_clauses_and_baselines_match_its_budget():
+    from leaf_nb.saliency import SOURCE_INSTRUCTION, apply_rule
+    text = "Tom has 5 pens . His friend has 8 hats . How many pens ?"
+    offsets = [[m.start(), m.end()] for m in re.finditer(r"\S+", text)]
+    clause = [0] * 5 + [1] * 6 + [2] * 4
+    delta = [0.6] * len(offsets)
+    delta[text.split().index("8")] = 0.0
+    res = {"id": "t", "status": "flagged", "context_source": [SOURCE_INSTRUCTION] * len(offsets), "context_offsets": offsets,
+           "context_clause": clause, "delta": delta, "surprisal": list(range(len(offsets)))}
+    out = apply_rule(res, ThresholdRule("quantile", quantile=0.1, unit="clause"))
+    assert out["flags"] == [c == 1 for c in clause]
+    assert text[slice(*out["spans"]["instruction"][0])] == "His friend has 8 hats ."
+    for key in ("random_flags", "ppl_flags"):  # as many clauses, each flagged whole
+        assert len({c for c, f in zip(clause, out[key]) if f}) == 1
+        assert all(out[key][i] == out[key][j] for i in range(len(clause)) for j in range(len(clause)) if clause[i] == clause[j])
+    assert out["ppl_flags"] == [c == 2 for c in clause]  # the clause holding the most surprising token
+    with pytest.raises(ValueError, match="needs 'context_clause'"):
+        apply_rule({k: v for k, v in res.items() if k != "context_clause"}, ThresholdRule(unit="clause"))

@@ -375,11 +375,11 @@ def test_query_key_plot_marks_the_measured_block(world_rows):
 def test_detection_widget_callbacks(detected):
     det, rows = detected
     w = detection_widget(det, rows, rule="quantile", tau=0.05)
-    view, (pick, rule, tau) = w.children[1], w.children[0].children
+    view, (pick, rule, unit, tau) = w.children[1], w.children[0].children
     flagged = [d for d in det if d["status"] == "flagged"]
     assert view.value == render_detection(flagged[0], rows[[r["id"] for r in rows].index(flagged[0]["id"])], "quantile", 0.05)
     seen = {view.value}
-    for widget, value in ((tau, 0.9), (rule, "tau"), (tau, 0.0), (pick, len(flagged) - 1)):
+    for widget, value in ((tau, 0.9), (rule, "tau"), (unit, "clause"), (tau, 0.0), (pick, len(flagged) - 1)):
         widget.value = value
         assert view.value not in seen
         seen.add(view.value)
