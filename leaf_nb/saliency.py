@@ -369,7 +369,7 @@ def apply_rule(
         k = int(flags.sum())
         rand, ppl = random_flags(len(delta), k, rs), top_k_flags(result["surprisal"], k)
     else:
-        _, inv = rule.scores(delta, groups)
+        inv = np.unique(np.asarray(groups), return_inverse=True)[1]  # each token's clause, numbered 0..n-1
         n, k = int(inv.max()) + 1 if inv.size else 0, len(set(inv[flags].tolist()))
         top = np.full(n, -np.inf)
         np.maximum.at(top, inv, np.asarray(result["surprisal"], dtype=np.float64))  # a clause is as surprising as its most surprising token
