@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import datasets
 import numpy as np
@@ -401,7 +401,8 @@ def check_pair(
 ) -> PairCheck:
     "Check that teacher and student share a vocabulary; raise `ValueError` listing the first differences."
     tv, sv = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
-    diffs = [(t, i, tv.get(t)) for t, i in sorted(sv.items(), key=lambda kv: kv[1]) if tv.get(t) != i]
+    same = teacher_tokenizer is student_tokenizer  # one tokenizer for both: nothing to compare
+    diffs = [] if same else [(t, i, tv.get(t)) for t, i in sorted(sv.items(), key=lambda kv: kv[1]) if tv.get(t) != i]
     if diffs:
         shown = "; ".join(f"{t!r}: student id {i}, teacher {'has no such token' if j is None else f'id {j}'}"
                           for t, i, j in diffs[:max_listed])

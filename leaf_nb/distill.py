@@ -5,10 +5,10 @@
 # %% ../nbs/05_distill.ipynb #4203c2ab
 from __future__ import annotations
 
-import json, math, random, re, shutil, warnings
+import json, random, re, shutil, warnings
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from .core import Config, _logit_rows as _core_logit_rows, _row_name, check_pair
+from .core import Config, _logit_rows as _core_logit_rows, check_pair, load_model
 from .saliency import _batches, _fingerprint, _trunk_and_head, _write_atomic, saliency_encoding
 
 # %% auto #0
@@ -253,7 +253,7 @@ class DistillConfig(Config):
     grad_accum: int = 1
     lr: float = 1e-5 # the paper's learning rate for 1B students; tiny models want more
     lr_scheduler: str = "cosine"
-    warmup: float = 0.03 # fraction of steps
+    warmup: float = 0.03 # fraction of the optimiser steps (transformers 5 reads a float `warmup_steps` as a ratio)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     bf16: bool = False # bf16 autocast with fp32 master weights
@@ -552,7 +552,6 @@ def distill(
     if saved_cfg.is_file() and DistillConfig.load(saved_cfg) != cfg:
         raise ValueError(f"{out} holds a run with other settings ({saved_cfg}); use a new folder")
     if (out / "model" / "config.json").is_file() and (out / "history.json").is_file():
-        from leaf_nb.core import load_model
         model = load_model(out / "model", dtype="float32", device=str(next(student.parameters()).device))
         return DistillResult(model, out, json.loads((out / "history.json").read_text()), cfg)
     args = TrainingArguments(

@@ -5,7 +5,7 @@
 # %% ../nbs/08_experiment.ipynb #495267ff
 from __future__ import annotations
 
-import copy, hashlib, json, re, statistics, time
+import copy, hashlib, json, logging, re, statistics, time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +15,11 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from .core import Config, ModelConfig, _row_name, check_pair, generate, load_pretrained, validate_examples
-from .distill import DistillConfig, distill, teacher_cache
-from .evaluate import ANSWER_KINDS, check_answers, markdown_table
-from .pruning import STRATEGIES, UNITS, VERIFY_MODES, counterfactuals, verified_counterfactuals
-from .saliency import DetectConfig, ThresholdRule, _write_atomic, apply_rule, detect, flagged_spans, load_detections
+from .core import Config, ModelConfig, _row_name, check_pair, generate, load_model, load_pretrained, validate_examples
+from .distill import DistillConfig, TeacherCache, distill, teacher_cache
+from .evaluate import ANSWER_KINDS, accuracy_ci, check_answers, markdown_table
+from .pruning import STRATEGIES, UNITS, VERIFY_MODES, counterfactual_report, counterfactuals, verified_counterfactuals
+from .saliency import DetectConfig, ThresholdRule, _write_atomic, apply_rule, detect, detection_quality, flagged_spans, load_detections
 from .splitting import segment_rows
 
 # %% auto #0
@@ -325,8 +325,6 @@ def run_experiment(
 ) -> ExperimentResult:
     "Selection → detection → pruning (+ response splitting) → teacher cache → distillation variants × seeds → evaluation → report."
     from tqdm.auto import tqdm
-    from leaf_nb.core import load_model
-    from leaf_nb.distill import TeacherCache
     cfg = cfg or ExperimentConfig()
     if (teacher is None) != (student is None) or (teacher is None) != (tokenizer is None):
         raise ValueError("pass teacher, student and tokenizer together (or none of them, for the world's)")
@@ -480,8 +478,6 @@ def stage1_report(
     batch_size: int = 256,
 ) -> pd.DataFrame:
     "Per family: detection against gold (gradient, perplexity, random) and the instruction-level counterfactuals training reads."
-    from leaf_nb.pruning import counterfactual_report
-    from leaf_nb.saliency import detection_quality
     out = Path(out_dir)
     cfg = ExperimentConfig.from_dict(json.loads((out / "experiment.json").read_text())["config"])
     keys = [k for k in dict.fromkeys(data_key(v, cfg) for v in cfg.variants) if k != "originals"]
@@ -523,12 +519,13 @@ def read_rows(path: str | Path) -> list[dict]:
         return rows
     raise ValueError(f"{p}: unknown data format {p.suffix!r}; use .jsonl, .json or a datasets folder")
 
-def _start_job(job: Config, out: str | Path) -> Path:
-    "Create the job's folder and save its config there (a rerun into it must use the same config)."
+def _start_job(job: Config, out: str | Path, finished: Callable[[Path], bool]) -> Path:
+    "Save the job's config in its folder. A folder holding finished work (`finished(out)`) keeps its config: a rerun must match it; one without takes the new config."
     out = Path(out)
     saved = out / "job.json"
     if saved.is_file() and type(job).load(saved) != job:
-        raise ValueError(f"{out} holds a {type(job).__name__} with other settings ({saved}); use a new folder")
+        if finished(out): raise ValueError(f"{out} holds a {type(job).__name__} with other settings ({saved}) and its results; use a new folder")
+        logging.getLogger("leaf_nb").info(f"{out}: no finished work under the earlier {type(job).__name__}; its config is replaced")
     job.save(saved)
     return out
 
@@ -602,11 +599,11 @@ JOBS = {"detect": DetectJob, "prune": PruneJob, "distill": DistillJob, "evaluate
 # %% ../nbs/08_experiment.ipynb #746f073f
 def run_detect_job(job: DetectJob, progress: bool = True) -> dict:
     "Load both models, (split the responses,) detect; returns the status counts."
-    out = _start_job(job, job.out)
-    rows = validate_examples(read_rows(job.data))
+    rows = validate_examples(read_rows(job.data))  # inputs first: a job that fails here writes nothing
     teacher, tok = load_pretrained(job.teacher)
     student, s_tok = load_pretrained(job.student)
     check_pair(tok, s_tok, teacher, student)
+    out = _start_job(job, job.out, lambda o: any((o / "detections").glob("shard-*.jsonl")))
     cfg = job.detect
     if job.segments:
         rows = segment_rows(rows, job.segments, tok)
@@ -619,9 +616,9 @@ def run_prune_job(job: PruneJob) -> dict:
     "Counterfactuals from a detect folder, verified with the detect job's models: writes rows.jsonl, counts.json and verification.jsonl; returns the counts."
     src = Path(job.detections)
     if not (src / "rows.jsonl").is_file(): raise FileNotFoundError(f"{src} is not a `leaf_nb detect` folder (rows.jsonl is missing)")
-    out = _start_job(job, job.out)
     rows, dets = _read_jsonl(src / "rows.jsonl"), load_detections(src / "detections")
     if len(dets) != len(rows): raise ValueError(f"{src}: {len(dets)} detections for {len(rows)} rows; finish `leaf_nb detect` first")
+    out = _start_job(job, job.out, lambda o: (o / "rows.jsonl").is_file())
     spans = _spans(dets, job.threshold) if job.threshold else dets
     if job.verify == "off": ds, counts = counterfactuals(rows, spans, strategy=job.strategy, unit=job.unit)
     else:
@@ -643,7 +640,6 @@ def _job_rows(path: str) -> list[dict]:
 
 def run_distill_job(job: DistillJob, progress: bool = True) -> Path:
     "Distil as the job says; returns the folder of the trained model."
-    out = _start_job(job, job.out)
     rows, seen = [], set()
     for path in job.data:
         for r in _job_rows(path):
@@ -651,15 +647,15 @@ def run_distill_job(job: DistillJob, progress: bool = True) -> Path:
             seen.add(r["id"]); rows.append(r)
     student, tok = load_pretrained(job.student)
     teacher, t_tok = load_pretrained(job.teacher)
+    out = _start_job(job, job.out, lambda o: (o / "model").exists() or any(o.glob("checkpoint-*")))
     res = distill(student, tok, rows, out, job.distill, teacher=teacher, teacher_tokenizer=t_tok, progress=progress)
     return res.out_dir / "model"
 
 def run_evaluate_job(job: EvaluateJob, progress: bool = True) -> dict:
     "Generate, check and write records.jsonl and accuracy.json; returns the accuracy with its interval."
-    from leaf_nb.evaluate import accuracy_ci
-    out = _start_job(job, job.out)
     rows = read_rows(job.data)
     model, tok = load_pretrained(job.model)
+    out = _start_job(job, job.out, lambda o: (o / "records.jsonl").is_file())
     responses = generate(model, tok, rows, max_new_tokens=job.max_new_tokens, batch_size=job.batch_size, progress=progress)
     ok = check_answers(rows, responses, job.answer_kind)
     _write_jsonl(out / "records.jsonl", [dict(id=r.get("id"), response=s, correct=bool(c)) for r, s, c in zip(rows, responses, ok)])

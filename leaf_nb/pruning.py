@@ -10,7 +10,8 @@ from typing import Callable, Mapping, Sequence
 
 import datasets
 
-from .core import clause_spans, generate, remove_spans
+from .core import clause_spans, generate, pad_encodings, remove_spans
+from .saliency import saliency_encoding
 
 # %% auto #0
 __all__ = ['UNITS', 'CF_FEATURES', 'STRATEGIES', 'VERIFY_MODES', 'clean_spans', 'set_prune', 'span_prune', 'counterfactuals',
@@ -244,8 +245,6 @@ def counterfactual_report(
 def response_nll(model, tokenizer, rows: Sequence[Mapping], batch_size: int = 64) -> list[float]:
     "Mean NLL per token of each row's target (the response from `target_start`) given its prompt."
     import torch.nn.functional as F
-    from leaf_nb.core import pad_encodings
-    from leaf_nb.saliency import saliency_encoding  # labels only on the target, from `target_start`
     dev, out = next(model.parameters()).device, []
     for i in range(0, len(rows), batch_size):
         b = pad_encodings([saliency_encoding(r, tokenizer) for r in rows[i:i + batch_size]], tokenizer.pad_token_id)

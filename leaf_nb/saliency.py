@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, _row_name, clause_spans, encode, generate, pad_encodings,
+from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, _row_name, check_pair, clause_spans, encode, generate, pad_encodings,
                           remove_spans, validate_examples)
 
 # %% auto #0
@@ -458,19 +458,17 @@ def detect(
 ) -> datasets.Dataset:
     "Selection, saliency, Δĝ, flags, baselines and verification for every row, written in shards; resumes."
     from tqdm.auto import tqdm
-    from leaf_nb.core import check_pair
     cfg = cfg or DetectConfig()
     rows = validate_examples(rows, require_response=cfg.reference == "response")
     if not rows: raise ValueError("detect needs at least one row")
     check_pair(tokenizer, tokenizer, teacher, student)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"config": cfg.to_dict(), "n_rows": len(rows), "ids": _fingerprint(r["id"] for r in rows)}
-    if (out_dir / "config.json").is_file():
-        old = json.loads((out_dir / "config.json").read_text())
-        if old != manifest:
-            diff = sorted(k for k in manifest if old.get(k) != manifest[k])
-            raise ValueError(f"{out_dir} holds detections made with other {', '.join(diff)}; use a new folder")
-    else: _write_atomic(out_dir / "config.json", json.dumps(manifest, indent=1) + "\n")
+    old = json.loads((out_dir / "config.json").read_text()) if (out_dir / "config.json").is_file() else None
+    if old is not None and old != manifest and any(out_dir.glob("shard-*.jsonl")):  # a folder without a finished shard takes new settings
+        diff = sorted(k for k in manifest if old.get(k) != manifest[k])
+        raise ValueError(f"{out_dir} holds detections made with other {', '.join(diff)}; use a new folder")
+    if old != manifest: _write_atomic(out_dir / "config.json", json.dumps(manifest, indent=1) + "\n")
     n_shards = -(-len(rows) // cfg.shard_size)
     bar = tqdm(total=len(rows), desc="detect", unit="row", disable=not progress)
     for s in range(n_shards):

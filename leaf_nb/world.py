@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Sequence
 
 import datasets
-import numpy as np
 import torch
 
 from .core import (Config, encode, generate, load_model, load_tokenizer, pad_encodings, seed_everything,
-                          to_dataset)
+                          remove_spans, to_dataset)
 
 # %% auto #0
 __all__ = ['FAMILIES', 'NUM_MAX', 'WORLD_CHAT_TEMPLATE', 'SPLITS', 'draw_dag', 'TaskConfig', 'make_examples', 'run_program',
@@ -429,7 +428,6 @@ def _shipped_world() -> Path:
 # %% ../nbs/01_causal_world.ipynb #76ea5a6c
 def remove_gold(row: dict) -> dict:
     "The row with its gold confounder spans cut from the instruction (spaces and blank lines tidied)."
-    from leaf_nb.core import remove_spans
     return {**row, "instruction": remove_spans(row["instruction"], row["confounder_spans"]), "confounder_spans": []}
 
 def _answers(model, tok, rows, max_new_tokens):
