@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import logging
+import os
 import random
 import re
 import types
@@ -23,11 +25,12 @@ import torch
 
 # %% auto #0
 __all__ = ['logger', 'EXAMPLE_FEATURES', 'REQUIRED_FIELDS', 'SMOLLM2_GGUF', 'SOURCE_PAD', 'SOURCE_SPECIAL', 'SOURCE_INSTRUCTION',
-           'SOURCE_RESPONSE', 'PLAIN_TEMPLATE', 'validate_example', 'validate_examples', 'to_dataset', 'Config',
-           'ModelConfig', 'seed_everything', 'pick_device', 'pick_dtype', 'ModelNotFoundError', 'ensure_pad_token',
-           'load_tokenizer', 'load_model', 'load_pretrained', 'toy_tokenizer', 'toy_model', 'smollm2_path',
-           'smollm2_gguf', 'PairCheck', 'check_pair', 'format_prompt', 'encode', 'token_mask', 'remove_spans',
-           'clause_spans', 'pad_encodings', 'encode_batch', 'generate']
+           'SOURCE_RESPONSE', 'PLAIN_TEMPLATE', 'row_name', 'validate_example', 'validate_examples', 'to_dataset',
+           'Config', 'ModelConfig', 'seed_everything', 'pick_device', 'pick_dtype', 'ModelNotFoundError',
+           'ensure_pad_token', 'load_tokenizer', 'load_model', 'load_pretrained', 'toy_tokenizer', 'toy_model',
+           'smollm2_path', 'smollm2_gguf', 'PairCheck', 'logit_rows', 'check_pair', 'format_prompt', 'encode',
+           'token_mask', 'remove_spans', 'clause_spans', 'pad_encodings', 'encode_batch', 'generate', 'write_atomic',
+           'fingerprint', 'length_batches', 'trunk_and_head']
 
 # %% ../nbs/00_core.ipynb #67485f3f
 logger = logging.getLogger("leaf_nb")
@@ -50,11 +53,6 @@ EXAMPLE_FEATURES = datasets.Features({
 REQUIRED_FIELDS = ("id", "instruction", "response")
 
 # %% ../nbs/00_core.ipynb #3f6acf79
-def _row_name(row, index=None) -> str:
-    rid = row.get("id") if isinstance(row, Mapping) else None
-    if isinstance(rid, str) and rid.strip(): return f"row {rid!r}"
-    return f"row #{index}" if index is not None else "row (no id)"
-
 def _text_field(row: Mapping, f: str, name: str) -> str:
     v = row.get(f)
     if v is None: raise ValueError(f"{name}: required field {f!r} is missing")
@@ -80,6 +78,13 @@ def _check_spans(spans, text: str, fname: str, name: str) -> list[list[int]]:
         out.append([s, e])
     return out
 
+# %% ../nbs/00_core.ipynb #07a27c52
+def row_name(row, index=None) -> str:
+    "How errors name a row: by its id, else by its position."
+    rid = row.get("id") if isinstance(row, Mapping) else None
+    if isinstance(rid, str) and rid.strip(): return f"row {rid!r}"
+    return f"row #{index}" if index is not None else "row (no id)"
+
 # %% ../nbs/00_core.ipynb #53907dfb
 def validate_example(
     row: Mapping, # one example as a mapping of field name to value
@@ -87,7 +92,7 @@ def validate_example(
     require_response: bool = True, # False for prompt-only rows (e.g. generation)
 ) -> dict:
     "Check one example and return it normalised to `EXAMPLE_FEATURES`; raise `ValueError` naming the row and field."
-    name = _row_name(row, index)
+    name = row_name(row, index)
     if not isinstance(row, Mapping):
         raise ValueError(f"{name}: an example must be a mapping of fields, got {type(row).__name__}")
     unknown = sorted(set(row) - set(EXAMPLE_FEATURES))
@@ -390,7 +395,8 @@ class PairCheck:
     vocab_size: int # number of logits to compare (teacher logits are cut to it)
     notes: list[str] = field(default_factory=list) # what was accepted and why
 
-def _logit_rows(model) -> int:
+def logit_rows(model) -> int:
+    "Rows of a model's output layer (its vocabulary as it scores it)."
     out = model.get_output_embeddings()
     return out.weight.shape[0] if out is not None else model.config.vocab_size
 
@@ -413,7 +419,7 @@ def check_pair(
     if len(tv) > len(sv): notes.append(f"the teacher tokenizer has {len(tv) - len(sv)} extra tokens; they are ignored")
     size = len(sv)
     if teacher_model is not None and student_model is not None:
-        tr, sr = _logit_rows(teacher_model), _logit_rows(student_model)
+        tr, sr = logit_rows(teacher_model), logit_rows(student_model)
         if sr < needed: raise ValueError(f"the student's output layer has {sr} rows but its tokenizer uses ids up to {needed - 1}")
         if tr < sr: raise ValueError(f"the teacher's output layer has {tr} rows, fewer than the student's {sr}: "
                                      "the teacher cannot score every student token")
@@ -474,7 +480,7 @@ def encode(
 ) -> dict:
     "Token ids, labels, per-token source and character offsets, and the instruction/response token spans."
     if not isinstance(example, Mapping): raise ValueError(f"encode needs a mapping with an 'instruction', got {type(example).__name__}")
-    name = _row_name(example)
+    name = row_name(example)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("encode needs a fast tokenizer (character offsets); load it with use_fast=True")
     instruction = _text_field(example, "instruction", name)
@@ -610,3 +616,29 @@ def generate(
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         out += tokenizer.batch_decode(ids[:, b["input_ids"].shape[1]:], skip_special_tokens=True)
     return out
+
+# %% ../nbs/00_core.ipynb #83eb51b1
+def write_atomic(path: str | Path, text: str):
+    "Write `text` to `path` whole or not at all: a synced temporary file, then an atomic rename."
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh: fh.write(text); fh.flush(); os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+def fingerprint(items: Iterable) -> str:
+    "A short stable hash of a sequence of strings (or values, through `str`)."
+    return hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()[:16]
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    "Row indices grouped by length (longest first) so that padding stays small."
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+def trunk_and_head(model):
+    "The trunk and LM head when logits are plain `head(hidden)`; None when the model post-processes them."
+    cfg = getattr(model, "config", None)
+    if any(getattr(cfg, k, None) not in (None, 1.0) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
+        return None
+    head, trunk = model.get_output_embeddings(), getattr(model, "base_model", None)
+    if head is None or trunk is None or trunk is model: return None
+    return trunk, head

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from .core import Config, _logit_rows as _core_logit_rows, check_pair, load_model
-from .saliency import _batches, _fingerprint, _trunk_and_head, _write_atomic, saliency_encoding
+from .core import Config, check_pair, fingerprint, length_batches, load_model, logit_rows, trunk_and_head, write_atomic
+from .saliency import saliency_encoding
 
 # %% auto #0
 __all__ = ['TAIL_EPS', 'CHUNK_LOGITS', 'CACHE_FILE', 'target_positions', 'kl_full', 'kl_topk', 'chunked_token_kl',
@@ -118,9 +118,6 @@ def _unwrap(model):
     while hasattr(model, "module"): model = model.module
     return model
 
-def _logit_rows(model) -> int:
-    "Rows of the output layer of a (possibly wrapped) model."
-    return _core_logit_rows(_unwrap(model))
 
 def student_states(model, input_ids, attention_mask, rows, pos, head_on_targets: bool = True):
     "Student hidden states at (rows, pos) and its LM head, through the model's own forward (DDP-safe); else logits and None."
@@ -137,7 +134,7 @@ def student_states(model, input_ids, attention_mask, rows, pos, head_on_targets:
 @torch.no_grad()
 def teacher_states(teacher, input_ids, attention_mask, rows, pos):
     "Teacher hidden states at (rows, pos) and its LM head (no grad); logits and None when its logits are post-processed."
-    split = _trunk_and_head(teacher)
+    split = trunk_and_head(teacher)
     if split is not None:
         return split[0](input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[rows, pos], split[1]
     return teacher(input_ids=input_ids, attention_mask=attention_mask).logits[rows, pos], None
@@ -183,7 +180,7 @@ def hybrid_kd_loss(
     rows, pos = target_positions(labels)
     ys = labels[:, 1:][rows, pos]
     s_h, s_head = student_states(student, ids, mask, rows, pos, head_on_targets)
-    vocab = _logit_rows(student)
+    vocab = logit_rows(_unwrap(student))
     if "topk_ids" in batch:
         t_cache = float(batch.get("topk_temperature", temperature))
         if abs(t_cache - temperature) > 1e-9: raise ValueError(f"the batch's teacher top-k was cached at temperature {t_cache}, the loss asks for {temperature}")
@@ -348,12 +345,12 @@ def _quiet(progress: bool):
 
 def _rows_fingerprint(encs) -> str:
     "A hash of the rows as the model sees them: ids, token ids and target labels."
-    return _fingerprint(json.dumps([e["id"], e["input_ids"], e["labels"]]) for e in encs)
+    return fingerprint(json.dumps([e["id"], e["input_ids"], e["labels"]]) for e in encs)
 
 def _model_fingerprint(model) -> str:
     m = _unwrap(model)
     sums = [f"{p.detach().double().sum().item():.10e}" for p in m.parameters()]
-    return _fingerprint([m.config.to_json_string(use_diff=False)] + sums)
+    return fingerprint([m.config.to_json_string(use_diff=False)] + sums)
 
 class TeacherCache:
     "The teacher's top-k log-probabilities for every target token of every row, stored with `datasets` (Arrow)."
@@ -404,7 +401,7 @@ def teacher_cache(
     if not rows: raise ValueError("teacher_cache needs at least one row")
     if not isinstance(k, int) or k < 1: raise ValueError(f"k must be a positive int, got {k!r}")
     if not temperature > 0: raise ValueError(f"temperature must be > 0, got {temperature}")
-    vocab = min(len(tokenizer), _logit_rows(teacher))
+    vocab = min(len(tokenizer), logit_rows(_unwrap(teacher)))
     k = min(k, vocab)
     encs = [_slim_encoding(r, tokenizer, max_length, overflow, i) for i, r in enumerate(rows)]
     if len(set(e["id"] for e in encs)) != len(encs): raise ValueError("teacher_cache: row ids must be unique")
@@ -425,7 +422,7 @@ def teacher_cache(
         path = out / f"shard-{s:05d}"
         if not path.is_dir():
             cols = {"id": [], "n_target": [], "topk_ids": [None] * len(part), "topk_logp": [None] * len(part)}
-            for b in _batches([len(e["input_ids"]) for e in part], batch_size):
+            for b in length_batches([len(e["input_ids"]) for e in part], batch_size):
                 batch = _pad([part[i] for i in b], tokenizer.pad_token_id)
                 ids, mask, labels = (batch[x].to(dev) for x in ("input_ids", "attention_mask", "labels"))
                 r, p = target_positions(labels)
@@ -445,7 +442,7 @@ def teacher_cache(
         bar.update(len(part))
     bar.close()
     teacher.train(was_training)
-    if not (out / CACHE_FILE).is_file(): _write_atomic(out / CACHE_FILE, json.dumps(manifest, indent=1) + "\n")
+    if not (out / CACHE_FILE).is_file(): write_atomic(out / CACHE_FILE, json.dumps(manifest, indent=1) + "\n")
     return TeacherCache(out)
 
 # %% ../nbs/05_distill.ipynb #a567a7f8
@@ -567,8 +564,8 @@ def distill(
         elif not isinstance(cache, TeacherCache): cache = TeacherCache(cache)
         if cache.temperature != cfg.temperature:
             raise ValueError(f"the teacher cache was made at temperature {cache.temperature}, the config asks for {cfg.temperature}")
-        if cache.config["vocab"] != _logit_rows(student) and cache.config["vocab"] != len(tokenizer):
-            raise ValueError(f"the teacher cache covers {cache.config['vocab']} tokens, the student's output layer {_logit_rows(student)}")
+        if cache.config["vocab"] != logit_rows(_unwrap(student)) and cache.config["vocab"] != len(tokenizer):
+            raise ValueError(f"the teacher cache covers {cache.config['vocab']} tokens, the student's output layer {logit_rows(_unwrap(student))}")
         missing = [e["id"] for e in used if e["id"] not in cache]
         if missing: raise ValueError(f"row {missing[0]!r} is not in the teacher cache ({len(missing)} rows missing); rebuild it for these rows")
     else: cache = None
@@ -589,7 +586,7 @@ def distill(
     final = _unwrap(final)
     if trainer.is_world_process_zero():
         with _quiet(progress): final.save_pretrained(out / "model"); tokenizer.save_pretrained(out / "model")
-        _write_atomic(out / "history.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
+        write_atomic(out / "history.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
     trainer.accelerator.wait_for_everyone()
     final.eval()
     return DistillResult(final, out, trainer.state.log_history, cfg)

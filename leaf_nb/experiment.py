@@ -15,11 +15,11 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from .core import Config, ModelConfig, _row_name, check_pair, generate, load_model, load_pretrained, validate_examples
+from .core import Config, ModelConfig, check_pair, generate, load_model, load_pretrained, row_name, validate_examples, write_atomic
 from .distill import DistillConfig, TeacherCache, distill, teacher_cache
 from .evaluate import ANSWER_KINDS, accuracy_ci, check_answers, markdown_table
 from .pruning import STRATEGIES, UNITS, VERIFY_MODES, counterfactual_report, counterfactuals, verified_counterfactuals
-from .saliency import DetectConfig, ThresholdRule, _write_atomic, apply_rule, detect, detection_quality, flagged_spans, load_detections
+from .saliency import DetectConfig, ThresholdRule, apply_rule, detect, detection_quality, flagged_spans, load_detections
 from .splitting import segment_rows
 
 # %% auto #0
@@ -126,7 +126,7 @@ def _read_jsonl(p: Path) -> list[dict]: return [json.loads(l) for l in p.read_te
 
 def _write_jsonl(p: Path, rows):
     p.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(p, "".join(json.dumps(r) + "\n" for r in rows))
+    write_atomic(p, "".join(json.dumps(r) + "\n" for r in rows))
 
 def _checker(kind: str):
     "The answer checker `detect` selects with: None means the world's."
@@ -153,7 +153,7 @@ class Stages:
             return self.get(name)
         t0 = time.time()
         value = fn()
-        _write_atomic(self.dir / f"{name}.json", json.dumps(value, indent=1) + "\n")
+        write_atomic(self.dir / f"{name}.json", json.dumps(value, indent=1) + "\n")
         self.ran.append(name)
         if self.log: self.log(f"[{name}] {time.time() - t0:.0f} s")
         return value
@@ -263,7 +263,7 @@ def _check_data(data, cfg: ExperimentConfig) -> dict:
             if s != "distill":
                 bad = next((i for i, r in enumerate(rows) if r.get("answer") in (None, "")), None)
                 if bad is not None and cfg.answer_kind != "humaneval":
-                    raise ValueError(f"data[{f!r}][{s!r}] {_row_name(rows[bad], bad)}: field 'answer' is needed to check responses")
+                    raise ValueError(f"data[{f!r}][{s!r}] {row_name(rows[bad], bad)}: field 'answer' is needed to check responses")
             out.setdefault(f, {})[s] = rows
     return out
 
@@ -284,7 +284,7 @@ def _check_folder(out: Path, cfg: ExperimentConfig, fingerprint: str):
             raise ValueError(f"{out} holds an experiment with other {' and '.join(what)}; use a new folder (or delete it)")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, json.dumps(manifest, indent=1) + "\n")
+        write_atomic(path, json.dumps(manifest, indent=1) + "\n")
 
 # %% ../nbs/08_experiment.ipynb #94dd59e2
 def _spans(dets, rule: ThresholdRule, mask: str = "gradient") -> dict:
@@ -425,9 +425,9 @@ def run_experiment(
     results = results_frame({f"{m}|{s}": e for (m, s), e in evals.items()})
     table = table1(results, cfg.eval_splits[0], fams)
     tables = {s: table1(results, s, fams) for s in cfg.eval_splits}
-    _write_atomic(out / "results.json", json.dumps(dict(config=cfg.to_dict(), counts=counts, results=results.to_dict("records"),
+    write_atomic(out / "results.json", json.dumps(dict(config=cfg.to_dict(), counts=counts, results=results.to_dict("records"),
                                                         tables={s: t.to_dict("index") for s, t in tables.items()}), indent=1) + "\n")
-    _write_atomic(out / "table.md", "\n\n".join(f"Accuracy (%) on `{s}`, mean ± std over seeds {list(cfg.seeds)}:\n\n" + markdown_table(t)
+    write_atomic(out / "table.md", "\n\n".join(f"Accuracy (%) on `{s}`, mean ± std over seeds {list(cfg.seeds)}:\n\n" + markdown_table(t)
                                                 for s, t in tables.items()) + "\n")
     fig, _ = table1_plot(results, cfg.eval_splits[0], fams)
     fig.savefig(out / "table1.png", dpi=100, bbox_inches="tight")
@@ -631,7 +631,7 @@ def run_prune_job(job: PruneJob) -> dict:
             system_prompt=det.detect.system_prompt, template=det.detect.template)
         _write_jsonl(out / "verification.jsonl", records)
     _write_jsonl(out / "rows.jsonl", ds.to_list())
-    _write_atomic(out / "counts.json", json.dumps(counts, indent=1) + "\n")
+    write_atomic(out / "counts.json", json.dumps(counts, indent=1) + "\n")
     return counts
 
 def _job_rows(path: str) -> list[dict]:
@@ -661,7 +661,7 @@ def run_evaluate_job(job: EvaluateJob, progress: bool = True) -> dict:
     _write_jsonl(out / "records.jsonl", [dict(id=r.get("id"), response=s, correct=bool(c)) for r, s, c in zip(rows, responses, ok)])
     ci = accuracy_ci(ok)
     res = dict(accuracy=ci.acc, low=ci.low, high=ci.high, n=ci.n)
-    _write_atomic(out / "accuracy.json", json.dumps(res, indent=1) + "\n")
+    write_atomic(out / "accuracy.json", json.dumps(res, indent=1) + "\n")
     return res
 
 # %% ../nbs/08_experiment.ipynb #effcb50f

@@ -6,12 +6,10 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import html
 import json
 import logging
 import math
-import os
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -23,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, _row_name, check_pair, clause_spans, encode, generate, pad_encodings,
-                          remove_spans, validate_examples)
+from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, check_pair, clause_spans, encode, fingerprint, generate,
+                          length_batches, pad_encodings, remove_spans, row_name, trunk_and_head, validate_examples, write_atomic)
 
 # %% auto #0
 __all__ = ['RULES', 'RULE_UNITS', 'frozen', 'saliency_batch', 'saliency_encoding', 'Saliency', 'input_saliency', 'minmax',
@@ -46,15 +44,6 @@ def frozen(model):
     finally:
         for p in grads: p.requires_grad_(True)
         for m in training: m.training = True
-
-def _trunk_and_head(model):
-    "The trunk and LM head when logits are plain `head(hidden)`; None when the model post-processes them."
-    cfg = getattr(model, "config", None)
-    if any(getattr(cfg, k, None) not in (None, 1.0) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
-        return None
-    head, trunk = model.get_output_embeddings(), getattr(model, "base_model", None)
-    if head is None or trunk is None or trunk is model: return None
-    return trunk, head
 
 # %% ../nbs/02_saliency.ipynb #a3e6a0e8
 def saliency_batch(
@@ -80,7 +69,7 @@ def saliency_batch(
     weight = 1.0 / (tgt != -100).sum(1).clamp(min=1)[b] if reduction == "mean" else torch.ones(len(b), device=dev)
     with frozen(model), torch.enable_grad():
         emb = model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
-        split = _trunk_and_head(model)
+        split = trunk_and_head(model)
         if split is not None:
             hidden = split[0](inputs_embeds=emb[:, :-1], attention_mask=mask).last_hidden_state
             logits = split[1](hidden[b, t])
@@ -102,7 +91,7 @@ def saliency_encoding(
 ) -> dict:
     "`encode` with labels only on the target and a `context` list: the token positions whose saliency is reported."
     if overflow not in ("error", "truncate"): raise ValueError(f"overflow must be 'error' or 'truncate', got {overflow!r}")
-    name = _row_name(row, index)
+    name = row_name(row, index)
     enc = encode(row, tokenizer, add_eos=add_eos, **kwargs)
     start = row.get("target_start") or 0
     response = row["response"]
@@ -144,11 +133,6 @@ class Saliency:
 def _max_length(model) -> int | None:
     return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
-def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    "Row indices grouped by length (longest first) so that padding stays small."
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
 def input_saliency(
     model, tokenizer,
     rows: Sequence[Mapping] | None = None, # rows for `saliency_encoding`...
@@ -167,7 +151,7 @@ def input_saliency(
         encodings = [saliency_encoding(r, tokenizer, _max_length(model), overflow, i, **kwargs) for i, r in enumerate(rows)]
     out = [None] * len(encodings)
     with frozen(model):  # once for all batches
-        for idx in tqdm(_batches([len(e["input_ids"]) for e in encodings], batch_size), desc="saliency", disable=not progress):
+        for idx in tqdm(length_batches([len(e["input_ids"]) for e in encodings], batch_size), desc="saliency", disable=not progress):
             b = pad_encodings([encodings[i] for i in idx], tokenizer.pad_token_id)
             g, nll = saliency_batch(model, b["input_ids"], b["attention_mask"], b["labels"], reduction)
             g, nll = g.numpy().astype(np.float64), nll.tolist()
@@ -289,7 +273,7 @@ def top_k_flags(scores, k: int) -> np.ndarray:
 def token_surprisal(model, tokenizer, encodings: Sequence[Mapping], batch_size: int = 32) -> list[np.ndarray]:
     "−log p(token | the tokens before it) for every context token of every encoding (the first token of a text gets its surprisal too)."
     dev, out = next(model.parameters()).device, [None] * len(encodings)
-    for idx in _batches([len(e["input_ids"]) for e in encodings], batch_size):
+    for idx in length_batches([len(e["input_ids"]) for e in encodings], batch_size):
         b = pad_encodings([encodings[i] for i in idx], tokenizer.pad_token_id)
         logp = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits.float().log_softmax(-1)
         for j, i in enumerate(idx):
@@ -407,7 +391,7 @@ def _detect_shard(teacher, student, tokenizer, rows, cfg, check, ids):
     todo = [k for k, o in enumerate(out) if o["status"] == "flagged"]
     src = [{**rows[k], "response": out[k]["teacher_response"]} if cfg.reference == "teacher" else rows[k] for k in todo]
     encs = [saliency_encoding(r, tokenizer, _max_length(student), cfg.overflow, **kw) for r in src]
-    s_src = src if cfg.student_reference is None else [_student_row(r, cfg.student_reference, _row_name(r)) for r in src]
+    s_src = src if cfg.student_reference is None else [_student_row(r, cfg.student_reference, row_name(r)) for r in src]
     s_encs = encs if cfg.student_reference is None else [saliency_encoding(r, tokenizer, _max_length(student), cfg.overflow, **kw) for r in s_src]
     sal = {m: input_saliency(model, tokenizer, encodings=e, batch_size=cfg.batch_size, reduction=cfg.reduction)
            for m, model, e in (("teacher", teacher, encs), ("student", student, s_encs))}
@@ -434,14 +418,6 @@ _COLUMNS = ("id", "status", "teacher_response", "student_response", "teacher_cor
             "reference", "student_reference", "target_start", "context_tokens", "context_source", "context_offsets", "context_clause", "g_teacher", "g_student",
             "nll_teacher", "nll_student", "surprisal", "delta", "flags", "spans", "n_flagged", "random_flags", "ppl_flags")
 
-def _fingerprint(ids) -> str:
-    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:16]
-
-def _write_atomic(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh: fh.write(text); fh.flush(); os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
 def load_detections(out_dir: str | Path) -> datasets.Dataset:
     "The rows `detect` wrote to `out_dir`, in input order (complete shards only)."
     out_dir = Path(out_dir)
@@ -463,12 +439,12 @@ def detect(
     if not rows: raise ValueError("detect needs at least one row")
     check_pair(tokenizer, tokenizer, teacher, student)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {"config": cfg.to_dict(), "n_rows": len(rows), "ids": _fingerprint(r["id"] for r in rows)}
+    manifest = {"config": cfg.to_dict(), "n_rows": len(rows), "ids": fingerprint(r["id"] for r in rows)}
     old = json.loads((out_dir / "config.json").read_text()) if (out_dir / "config.json").is_file() else None
     if old is not None and old != manifest and any(out_dir.glob("shard-*.jsonl")):  # a folder without a finished shard takes new settings
         diff = sorted(k for k in manifest if old.get(k) != manifest[k])
         raise ValueError(f"{out_dir} holds detections made with other {', '.join(diff)}; use a new folder")
-    if old != manifest: _write_atomic(out_dir / "config.json", json.dumps(manifest, indent=1) + "\n")
+    if old != manifest: write_atomic(out_dir / "config.json", json.dumps(manifest, indent=1) + "\n")
     n_shards = -(-len(rows) // cfg.shard_size)
     bar = tqdm(total=len(rows), desc="detect", unit="row", disable=not progress)
     for s in range(n_shards):
@@ -476,7 +452,7 @@ def detect(
         path = out_dir / f"shard-{s:05d}.jsonl"
         if not path.is_file():
             res = _detect_shard(teacher, student, tokenizer, part, cfg, check, [r["id"] for r in part])
-            _write_atomic(path, "".join(json.dumps(r) + "\n" for r in res))
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in res))
         bar.update(len(part))
     bar.close()
     ds = load_detections(out_dir)
