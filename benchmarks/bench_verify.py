@@ -39,7 +39,7 @@ def main():
     for r in range(args.rounds):
         tmp = tempfile.mkdtemp()
         t0 = time.perf_counter()
-        dets = {f: detect(teacher, student, tok, rows[f], f"{tmp}/{f}", cfg.detect, progress=False) for f in rows}
+        dets = {f: detect(teacher, student, tok, rows[f], f"{tmp}/{f}", cfg.detect, check=is_correct, progress=False) for f in rows}
         t1 = time.perf_counter()
         n_cands = 0
         for f in rows:

@@ -23,9 +23,9 @@ def _templates() -> dict:
     from leaf_nb.core import ModelConfig
     from leaf_nb.experiment import DetectJob, DistillJob, EvaluateJob, ExperimentConfig, PruneJob
     t, s = ModelConfig("models/teacher"), ModelConfig("models/student")
-    return {"detect": DetectJob(t, s, "data/train.jsonl", "runs/detect"), "prune": PruneJob("runs/detect", "runs/prune"),
+    return {"detect": DetectJob(t, s, "data/train.jsonl", "runs/detect", answer_kind="world"), "prune": PruneJob("runs/detect", "runs/prune"),
             "distill": DistillJob(t, s, ("runs/prune",), "runs/distill"),
-            "evaluate": EvaluateJob(ModelConfig("runs/distill/model"), "data/test.jsonl", "runs/evaluate"),
+            "evaluate": EvaluateJob(ModelConfig("runs/distill/model"), "data/test.jsonl", "runs/evaluate", answer_kind="world"),
             "experiment": ExperimentConfig()}
 
 def _parser() -> argparse.ArgumentParser:

@@ -147,7 +147,13 @@ def _coerce(value, hint):
     origin = typing.get_origin(hint)
     if isinstance(hint, type) and issubclass(hint, Config) and isinstance(value, Mapping):
         return hint.from_dict(value)
-    if (hint is tuple or origin is tuple) and isinstance(value, list): return tuple(value)
+    if hint is tuple or origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)): return value
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: each item as an X
+            items = tuple(_coerce(v, args[0]) for v in value)
+            return items if isinstance(value, list) or any(a is not b for a, b in zip(items, value)) else value
+        return tuple(value) if isinstance(value, list) else value
     if origin in (typing.Union, types.UnionType):
         for h in typing.get_args(hint):
             if h is not type(None) and value is not None: 
@@ -156,7 +162,27 @@ def _coerce(value, hint):
     return value
 
 class Config:
-    "Mixin for dataclass configs: dict and JSON round trip, unknown keys rejected."
+    "Mixin for dataclass configs: dict and JSON round trip, unknown keys rejected, nested dicts turned into configs from the type hints."
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is None: return  # the inherited one coerces already
+        def __post_init__(self):
+            self._coerce_fields()
+            own(self)
+        __post_init__.__doc__ = own.__doc__
+        cls.__post_init__ = __post_init__
+
+    def __post_init__(self): self._coerce_fields()
+
+    def _coerce_fields(self):
+        "Fields given as dicts (or lists) become the configs (or tuples) their type hints declare."
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            c = _coerce(v, hints[f.name])
+            if c is not v: setattr(self, f.name, c)
+
     def to_dict(self) -> dict: return dataclasses.asdict(self)
 
     @classmethod

@@ -525,6 +525,28 @@ def _last_checkpoint(out: Path, remove_partial: bool = True) -> str | None:
             if remove_partial: shutil.rmtree(path, ignore_errors=True)
     return None
 
+def _training_args(cfg: DistillConfig, out: Path, progress: bool) -> TrainingArguments:
+    "The `TrainingArguments` a `DistillConfig` means."
+    return TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
+        use_cpu=not torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, report_to="none",
+        remove_unused_columns=False, disable_tqdm=not progress, dataloader_num_workers=0)
+
+def _checked_cache(cache, cfg: DistillConfig, student, tokenizer, ids: Sequence[str]) -> TeacherCache:
+    "The cache (opened if a path), checked against the run: temperature, vocabulary, and every row it must hold."
+    cache = cache if isinstance(cache, TeacherCache) else TeacherCache(cache)
+    if cache.temperature != cfg.temperature:
+        raise ValueError(f"the teacher cache was made at temperature {cache.temperature}, the config asks for {cfg.temperature}")
+    rows_out = logit_rows(_unwrap(student))
+    if cache.config["vocab"] != rows_out and cache.config["vocab"] != len(tokenizer):
+        raise ValueError(f"the teacher cache covers {cache.config['vocab']} tokens, the student's output layer {rows_out}")
+    missing = [i for i in ids if i not in cache]
+    if missing: raise ValueError(f"row {missing[0]!r} is not in the teacher cache ({len(missing)} rows missing); rebuild it for these rows")
+    return cache
+
 def distill(
     student, tokenizer,
     rows: Sequence[Mapping] | datasets.Dataset, # originals and counterfactuals (see `pair_rows`)
@@ -551,23 +573,11 @@ def distill(
     if (out / "model" / "config.json").is_file() and (out / "history.json").is_file():
         model = load_model(out / "model", dtype="float32", device=str(next(student.parameters()).device))
         return DistillResult(model, out, json.loads((out / "history.json").read_text()), cfg)
-    args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
-        use_cpu=not torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, report_to="none",
-        remove_unused_columns=False, disable_tqdm=not progress, dataloader_num_workers=0)
+    args = _training_args(cfg, out, progress)
     if cfg.teacher == "cache":
         if cache is None:  # built by the main process first; the others then find it complete
             with args.main_process_first(local=False): cache = _default_cache(out, groups, cfg, teacher, tokenizer, max_length, progress)
-        elif not isinstance(cache, TeacherCache): cache = TeacherCache(cache)
-        if cache.temperature != cfg.temperature:
-            raise ValueError(f"the teacher cache was made at temperature {cache.temperature}, the config asks for {cfg.temperature}")
-        if cache.config["vocab"] != logit_rows(_unwrap(student)) and cache.config["vocab"] != len(tokenizer):
-            raise ValueError(f"the teacher cache covers {cache.config['vocab']} tokens, the student's output layer {logit_rows(_unwrap(student))}")
-        missing = [e["id"] for e in used if e["id"] not in cache]
-        if missing: raise ValueError(f"row {missing[0]!r} is not in the teacher cache ({len(missing)} rows missing); rebuild it for these rows")
+        cache = _checked_cache(cache, cfg, student, tokenizer, [e["id"] for e in used])
     else: cache = None
     out.mkdir(parents=True, exist_ok=True)
     if args.should_save: cfg.save(saved_cfg)

@@ -17,10 +17,11 @@ import pandas as pd
 
 from .core import Config, ModelConfig, check_pair, generate, load_model, load_pretrained, row_name, validate_examples, write_atomic
 from .distill import DistillConfig, TeacherCache, distill, teacher_cache
-from .evaluate import ANSWER_KINDS, accuracy_ci, check_answers, markdown_table
+from .evaluate import CHECKERS, accuracy_ci, answer_check, check_answers, markdown_table
 from .pruning import STRATEGIES, UNITS, VERIFY_MODES, counterfactual_report, counterfactuals, verified_counterfactuals
 from .saliency import DetectConfig, ThresholdRule, apply_rule, detect, detection_quality, flagged_spans, load_detections
 from .splitting import segment_rows
+from .world import load_world  # the demo's data and models; importing it registers answer_kind 'world'
 
 # %% auto #0
 __all__ = ['MASKS', 'TABLE1', 'WORLD_STUDENT_REFERENCE', 'JOBS', 'Variant', 'ExperimentConfig', 'data_key', 'Stages',
@@ -48,7 +49,6 @@ class Variant(Config):
         if not isinstance(self.lam, (int, float)) or not 0 <= self.lam <= 1: raise ValueError(f"Variant {self.name!r}: lam must lie in [0, 1], got {self.lam!r}")
         if self.segments != 0 and (not isinstance(self.segments, int) or self.segments < 2):
             raise ValueError(f"Variant {self.name!r}: segments must be 0 or an int >= 2, got {self.segments!r}")
-        if isinstance(self.threshold, Mapping): self.threshold = ThresholdRule.from_dict(self.threshold)
         if self.strategy not in (None, "span", "set"): raise ValueError(f"Variant {self.name!r}: strategy must be 'span', 'set' or None, got {self.strategy!r}")
         if self.mask not in MASKS: raise ValueError(f"Variant {self.name!r}: mask must be one of {MASKS}, got {self.mask!r}")
         if self.lam < 1 and not (self.instruction or self.segments):
@@ -76,19 +76,16 @@ class ExperimentConfig(Config):
     strategy: str = "span" # 'span' or 'set' counterfactuals
     unit: str = "clause" # flagged spans are snapped to whole 'clause's, 'word's or 'token's before pruning
     verify: str = "both" # keep counterfactuals that 'both' models (or the 'teacher') answer correctly; 'off': keep all
-    variants: tuple = TABLE1 # the distilled students
+    variants: tuple[Variant, ...] = TABLE1 # the distilled students
     distill: DistillConfig = field(default_factory=_default_distill) # training; each variant sets λ, each seed `seed`
     seeds: tuple = (0,) # one distillation per variant and seed
     top_k: int | None = None # teacher log-probs cached per token (None: the whole vocabulary, exact KL)
-    answer_kind: str = "world" # answer checker: 'world', 'math', 'program' or 'humaneval' (see `check_answers`)
+    answer_kind: str | None = None # a registered answer kind (`CHECKERS`: 'math', 'program', 'humaneval', 'world'); None: 'world' on the world's data, else an error
     max_new_tokens: int = 64 # generation budget at evaluation (the world's is 48)
     gen_batch_size: int = 256 # prompts per generation pass
 
     def __post_init__(self):
         if self.detect is None: self.detect = DetectConfig()
-        if isinstance(self.detect, Mapping): self.detect = DetectConfig.from_dict(self.detect)
-        if isinstance(self.distill, Mapping): self.distill = DistillConfig.from_dict(self.distill)
-        self.variants = tuple(Variant.from_dict(v) if isinstance(v, Mapping) else v for v in self.variants)
         self.families, self.eval_splits, self.seeds = tuple(self.families), tuple(self.eval_splits), tuple(self.seeds)
         if not self.families: raise ValueError("ExperimentConfig.families must name at least one family")
         if not self.variants: raise ValueError("ExperimentConfig.variants must hold at least one Variant")
@@ -98,7 +95,8 @@ class ExperimentConfig(Config):
         if self.strategy not in ("set", "span"): raise ValueError(f"ExperimentConfig.strategy must be 'set' or 'span', got {self.strategy!r}")
         if self.unit not in UNITS: raise ValueError(f"ExperimentConfig.unit must be one of {UNITS}, got {self.unit!r}")
         if self.verify not in VERIFY_MODES: raise ValueError(f"ExperimentConfig.verify must be one of {VERIFY_MODES}, got {self.verify!r}")
-        if self.answer_kind not in ANSWER_KINDS: raise ValueError(f"ExperimentConfig.answer_kind must be one of {ANSWER_KINDS}, got {self.answer_kind!r}")
+        if self.answer_kind is not None and self.answer_kind not in CHECKERS:
+            raise ValueError(f"ExperimentConfig.answer_kind must be one of {sorted(CHECKERS)} (the registered answer kinds) or None, got {self.answer_kind!r}")
         if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"ExperimentConfig.seeds must be non-negative ints, got {self.seeds!r}")
         for k in ("n_distill", "n_eval", "top_k"):
@@ -128,13 +126,11 @@ def _write_jsonl(p: Path, rows):
     p.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(p, "".join(json.dumps(r) + "\n" for r in rows))
 
-def _checker(kind: str):
-    "The answer checker `detect` selects with: None means the world's."
-    return None if kind == "world" else _answer_check(kind)
-
-def _answer_check(kind: str) -> Callable[[Mapping, str], bool]:
-    "check(row, response) with the `check_answers` checker `kind`."
-    return lambda row, resp: check_answers([row], [resp], kind)[0]
+def _job_kind(job, field: str = "answer_kind") -> str:
+    "A job's answer kind, which it must name: nothing is inferred for data on disk."
+    kind = getattr(job, field)
+    if kind is None: raise ValueError(f"{type(job).__name__}.{field} is needed to check answers: one of {sorted(CHECKERS)}")
+    return kind
 
 # %% ../nbs/08_experiment.ipynb #7d772fe5
 class Stages:
@@ -244,7 +240,6 @@ class ExperimentResult:
     ran: list # the stages this call computed (the others were finished before and read back)
 
 def _world_inputs(cfg: ExperimentConfig):
-    from leaf_nb.world import load_world
     world = load_world(cfg.world)
     missing = [f for f in cfg.families if f not in world.splits]
     if missing: raise ValueError(f"ExperimentConfig.families names {missing}, which the world lacks (it has {list(world.splits)})")
@@ -315,6 +310,159 @@ def _variant_rows(cfg: ExperimentConfig, v: Variant, f: str, rows, dets, segs: C
     return datasets.concatenate_datasets(parts).to_list(), counts, recs
 
 # %% ../nbs/08_experiment.ipynb #23019285
+def _inputs(cfg: ExperimentConfig, teacher, student, tokenizer, data, log) -> tuple:
+    "Models, validated data and the answer kind: the world's when none are given (its kind stated in the log), else the caller's."
+    if (teacher is None) != (student is None) or (teacher is None) != (tokenizer is None):
+        raise ValueError("pass teacher, student and tokenizer together (or none of them, for the world's)")
+    world_data = None
+    if teacher is None:
+        teacher, student, tokenizer, world_data = _world_inputs(cfg)
+        data = world_data if data is None else data
+    elif data is None: raise ValueError("with your own models, pass `data` too: family -> {'distill': rows, <eval split>: rows}")
+    kind = cfg.answer_kind
+    if kind is None:
+        if data is not world_data:
+            raise ValueError(f"with your own models or data, set ExperimentConfig.answer_kind: one of {sorted(CHECKERS)}")
+        kind = "world"
+        if log: log("answers are checked as 'world' (the world's models and data, answer_kind=None)")
+    return teacher, student, tokenizer, _check_data(data, cfg), kind
+
+class _Run:
+    "One experiment folder being filled: the models, the data and the stage records, with one method per kind of stage."
+    def __init__(self, cfg: ExperimentConfig, out: Path, teacher, student, tokenizer, data, kind: str, progress: bool, log):
+        from tqdm.auto import tqdm
+        self.cfg, self.out, self.teacher, self.student, self.tok, self.data, self.kind = cfg, out, teacher, student, tokenizer, data, kind
+        self.fams, self.check, self.verified = cfg.families, answer_check(kind), {}  # candidates shared by training sets are verified once
+        self.parents = {r["id"]: r for f in self.fams for r in data[f]["distill"]}
+        self.keys = {data_key(v, cfg): v for v in cfg.variants}
+        self.seg_ks = sorted({v.segments for v in cfg.variants if v.segments and not v.kd_only})
+        self.st = Stages(out, log=log)
+        self.bar = tqdm(total=len(self.plan()), desc="experiment", unit="stage", disable=not progress)
+
+    def plan(self) -> list[str]:
+        "Every stage's name, in the order they run."
+        runs = [(v, s) for v in self.cfg.variants for s in self.cfg.seeds]
+        return ([f"detect-{f}" for f in self.fams] + [f"detect-{f}-resp{k}" for f in self.fams for k in self.seg_ks]
+                + [f"prune-{k}" for k in self.keys] + [f"cache-{k}" for k in self.keys]
+                + ["evaluate-teacher", "evaluate-student-pre-kd"]
+                + [f"{s}-{_slug(v.name)}-s{seed}" for v, seed in runs for s in ("distill", "evaluate")])
+
+    def stage(self, name: str, fn: Callable):
+        "Run (or read back) one stage, moving the bar."
+        self.bar.set_postfix_str(name)
+        v = self.st.run(name, fn); self.bar.update(); return v
+
+    # stage 1: selection and detection on the instructions, then on earlier response segments
+    def _detect(self, rows, path, dcfg) -> dict:
+        ds = detect(self.teacher, self.student, self.tok, rows, path, dcfg, check=self.check, progress=False)
+        flagged = [d for d in ds if d["status"] == "flagged"]
+        return dict(rows=len(ds), **{k: ds["status"].count(k) for k in ("flagged", "not_selected", "nonfinite")},
+                    mean_flagged_tokens=float(np.mean([d["n_flagged"] for d in flagged])) if flagged else 0.0)
+
+    def chosen(self, f: str) -> list[dict]:
+        "The distillation rows of family `f` that selection kept."
+        return [r for r, d in zip(self.data[f]["distill"], load_detections(self.out / "detect" / f)) if d["status"] == "flagged"]
+
+    def segments(self, f: str, k: int) -> tuple:
+        "The k-segment rows of the chosen rows of `f`, and their detections."
+        rows = segment_rows(self.chosen(f), k, self.tok)
+        return rows, (load_detections(self.out / "detect" / f"{f}-resp{k}") if rows else [])
+
+    def detection(self) -> dict:
+        "Detection per family, then per family and segment count; returns the per-family counts."
+        cfg = self.cfg
+        seg_cfg = DetectConfig.from_dict({**cfg.detect.to_dict(), "select": False, "reference": "response", "student_reference": None})
+        counts = {f: self.stage(f"detect-{f}", lambda f=f: self._detect(self.data[f]["distill"], self.out / "detect" / f, cfg.detect))
+                  for f in self.fams}
+        for f in self.fams:
+            for k in self.seg_ks:
+                self.stage(f"detect-{f}-resp{k}", lambda f=f, k=k: (self._detect(self.segments(f, k)[0], self.out / "detect" / f"{f}-resp{k}", seg_cfg)
+                                                                   if self.chosen(f) else dict(rows=0)))
+        return counts
+
+    # pruning: one training set per distinct (levels, rule); variants that agree share it
+    def _build(self, rows, spans, strategy, level):
+        "Counterfactual candidates, verified as `cfg.verify` says: (dataset, counts, records)."
+        cfg = self.cfg
+        if cfg.verify == "off": return (*counterfactuals(rows, spans, strategy, level=level, unit=cfg.unit), [])
+        check = lambda row, resp: self.check({**self.parents.get(row["parent_id"], {}), **row}, resp)
+        return verified_counterfactuals(self.teacher, self.student, self.tok, rows, spans, check, cfg.verify, strategy, cfg.unit, level,
+                                        cfg.max_new_tokens, cfg.gen_batch_size, self.verified)
+
+    def _prune(self, v: Variant, key: str) -> dict:
+        rows, counts, records = [], {}, []
+        for f in self.fams:
+            r, counts[f], recs = _variant_rows(self.cfg, v, f, self.data[f]["distill"], load_detections(self.out / "detect" / f),
+                                               lambda k, f=f: self.segments(f, k), self._build)
+            rows += r; records += recs
+        if records: _write_jsonl(self.out / "prune" / f"{key}-verification.jsonl", records)
+        _write_jsonl(self.out / "prune" / f"{key}.jsonl", rows)
+        return counts
+
+    def pruning(self) -> dict:
+        "One training set per key; returns key -> per-family counts."
+        return {key: self.stage(f"prune-{key}", lambda v=v, key=key: self._prune(v, key)) for key, v in self.keys.items()}
+
+    def train_rows(self, key: str) -> list[dict]: return _read_jsonl(self.out / "prune" / f"{key}.jsonl")
+
+    def caches(self):
+        "The teacher's (top-k) distributions over every training set."
+        cfg, k_top = self.cfg, self.cfg.top_k or len(self.tok)
+        for key in self.keys:
+            self.stage(f"cache-{key}", lambda key=key: len(teacher_cache(
+                self.teacher, self.tok, self.train_rows(key), self.out / "cache" / key, k=k_top, temperature=cfg.distill.temperature,
+                max_length=cfg.distill.max_length, overflow=cfg.distill.overflow, progress=False)))
+
+    # evaluation records, per model; distillation, per variant and seed
+    def evaluate(self, name: str, seed: int | None, model_fn: Callable) -> dict:
+        "Greedy answers of one model on every evaluation split, written and summarised."
+        tag = _slug(name) + ("" if seed is None else f"-s{seed}")
+        def run():
+            recs = evaluate_model(model_fn(), self.tok, {f: {s: self.data[f][s] for s in self.cfg.eval_splits} for f in self.fams}, self.kind,
+                                  self.cfg.max_new_tokens, self.cfg.gen_batch_size)
+            _write_jsonl(self.out / "eval" / f"{tag}.jsonl", recs)
+            return dict(method=name, seed=seed, accuracy=_accuracies(recs))
+        return self.stage(f"evaluate-{tag}", run)
+
+    def _distill(self, v: Variant, seed: int, run_dir: Path, trained: dict) -> dict:
+        key = data_key(v, self.cfg)
+        dcfg = DistillConfig.from_dict({**self.cfg.distill.to_dict(), "lam": v.lam, "seed": seed, **({"lam_end": None} if v.kd_only else {})})
+        res = distill(copy.deepcopy(self.student), self.tok, self.train_rows(key), run_dir, dcfg, cache=TeacherCache(self.out / "cache" / key),
+                      progress=False)
+        trained["model"] = res.model
+        logs = [h for h in res.history if "loss" in h]
+        return dict(variant=v.name, seed=seed, data=key, steps=max((h.get("step", 0) for h in res.history), default=0),
+                    last_loss=logs[-1]["loss"] if logs else None)
+
+    def students(self) -> dict:
+        "Teacher and pre-KD student evaluated, then every variant × seed distilled and evaluated; returns (name, seed) -> summary."
+        evals = {("Teacher", None): self.evaluate("Teacher", None, lambda: self.teacher),
+                 ("Student pre-KD", None): self.evaluate("Student pre-KD", None, lambda: self.student)}
+        dev = str(next(self.student.parameters()).device)
+        for v in self.cfg.variants:
+            for seed in self.cfg.seeds:
+                run_dir, trained = self.out / "distill" / f"{_slug(v.name)}-s{seed}", {}
+                self.stage(f"distill-{_slug(v.name)}-s{seed}", lambda: self._distill(v, seed, run_dir, trained))
+                evals[(v.name, seed)] = self.evaluate(v.name, seed, lambda: trained.get("model") or load_model(run_dir / "model", dtype="float32", device=dev))
+        self.bar.close()
+        return evals
+
+    def report(self, det_counts: dict, prune_counts: dict, evals: dict) -> ExperimentResult:
+        "results.json, table.md and table1.png, and the result object."
+        import matplotlib.pyplot as plt
+        cfg, out, fams = self.cfg, self.out, self.fams
+        counts = {f: dict(distill_prompts=len(self.data[f]["distill"]), **det_counts[f],
+                          counterfactuals={key: prune_counts[key][f] for key in self.keys}) for f in fams}
+        results = results_frame({f"{m}|{s}": e for (m, s), e in evals.items()})
+        tables = {s: table1(results, s, fams) for s in cfg.eval_splits}
+        write_atomic(out / "results.json", json.dumps(dict(config=cfg.to_dict(), counts=counts, results=results.to_dict("records"),
+                                                           tables={s: t.to_dict("index") for s, t in tables.items()}), indent=1) + "\n")
+        write_atomic(out / "table.md", "\n\n".join(f"Accuracy (%) on `{s}`, mean ± std over seeds {list(cfg.seeds)}:\n\n" + markdown_table(t)
+                                                   for s, t in tables.items()) + "\n")
+        fig, _ = table1_plot(results, cfg.eval_splits[0], fams)
+        fig.savefig(out / "table1.png", dpi=100, bbox_inches="tight"); plt.close(fig)
+        return ExperimentResult(out, cfg, counts, results, tables[cfg.eval_splits[0]], self.st.ran)
+
 def run_experiment(
     cfg: ExperimentConfig | None = None,
     out_dir: str | Path = "leaf_experiment", # every stage writes here; rerunning into it resumes
@@ -324,116 +472,15 @@ def run_experiment(
     log: Callable[[str], None] | None = None, # called with a line per stage (e.g. `print`)
 ) -> ExperimentResult:
     "Selection → detection → pruning (+ response splitting) → teacher cache → distillation variants × seeds → evaluation → report."
-    from tqdm.auto import tqdm
     cfg = cfg or ExperimentConfig()
-    if (teacher is None) != (student is None) or (teacher is None) != (tokenizer is None):
-        raise ValueError("pass teacher, student and tokenizer together (or none of them, for the world's)")
-    if teacher is None:
-        teacher, student, tokenizer, world_data = _world_inputs(cfg)
-        data = data if data is not None else world_data
-    elif data is None: raise ValueError("with your own models, pass `data` too: family -> {'distill': rows, <eval split>: rows}")
-    data = _check_data(data, cfg)
+    teacher, student, tokenizer, data, kind = _inputs(cfg, teacher, student, tokenizer, data, log)
     out = Path(out_dir)
     _check_folder(out, cfg, _fingerprint_data(data))
-    fams, kind = cfg.families, cfg.answer_kind
-    check = _checker(kind)
-    parents = {r["id"]: r for f in fams for r in data[f]["distill"]}
-    verify_check = lambda row, resp: check_answers([{**parents.get(row["parent_id"], {}), **row}], [resp], kind)[0]
-    verified = {}  # candidates shared by several training sets are verified once
-    def build(rows, spans, strategy, level):
-        "Counterfactual candidates, verified as `cfg.verify` says: (dataset, counts, records)."
-        if cfg.verify == "off": return (*counterfactuals(rows, spans, strategy, level=level, unit=cfg.unit), [])
-        return verified_counterfactuals(teacher, student, tokenizer, rows, spans, verify_check, cfg.verify, strategy, cfg.unit, level,
-                                        cfg.max_new_tokens, cfg.gen_batch_size, verified)
-    keys = {data_key(v, cfg): v for v in cfg.variants}
-    seg_ks = sorted({v.segments for v in cfg.variants if v.segments and not v.kd_only})
-    models = [("Teacher", None), ("Student pre-KD", None)] + [(v.name, s) for v in cfg.variants for s in cfg.seeds]
-    plan = ([f"detect-{f}" for f in fams] + [f"detect-{f}-resp{k}" for f in fams for k in seg_ks] + [f"prune-{k}" for k in keys]
-            + [f"cache-{k}" for k in keys] + [f"distill-{_slug(v.name)}-s{s}" for v in cfg.variants for s in cfg.seeds]
-            + [f"evaluate-{_slug(m)}" + (f"-s{s}" if s is not None else "") for m, s in models])
-    bar = tqdm(total=len(plan), desc="experiment", unit="stage", disable=not progress)
-    st = Stages(out, log=log)
-    def stage(name, fn):
-        bar.set_postfix_str(name)
-        v = st.run(name, fn); bar.update(); return v
-
-    # stage 1: selection and detection on the instructions, then on earlier response segments
-    det_cfg = cfg.detect
-    seg_cfg = DetectConfig.from_dict({**det_cfg.to_dict(), "select": False, "reference": "response", "student_reference": None})
-    def run_detect(rows, path, dcfg):
-        ds = detect(teacher, student, tokenizer, rows, path, dcfg, check=check, progress=False)
-        flagged = [d for d in ds if d["status"] == "flagged"]
-        return dict(rows=len(ds), **{k: ds["status"].count(k) for k in ("flagged", "not_selected", "nonfinite")},
-                    mean_flagged_tokens=float(np.mean([d["n_flagged"] for d in flagged])) if flagged else 0.0)
-    det_counts = {f: stage(f"detect-{f}", lambda f=f: run_detect(data[f]["distill"], out / "detect" / f, det_cfg)) for f in fams}
-    chosen = lambda f: [r for r, d in zip(data[f]["distill"], load_detections(out / "detect" / f)) if d["status"] == "flagged"]
-    def segs(f, k):
-        rows = segment_rows(chosen(f), k, tokenizer)
-        return rows, (load_detections(out / "detect" / f"{f}-resp{k}") if rows else [])
-    for f in fams:
-        for k in seg_ks:
-            stage(f"detect-{f}-resp{k}", lambda f=f, k=k: (run_detect(segs(f, k)[0], out / "detect" / f"{f}-resp{k}", seg_cfg)
-                                                          if chosen(f) else dict(rows=0)))
-
-    # pruning: one training set per distinct (levels, rule); variants that agree share it
-    def prune(v, key):
-        rows, counts, records = [], {}, []
-        for f in fams:
-            r, counts[f], recs = _variant_rows(cfg, v, f, data[f]["distill"], load_detections(out / "detect" / f), lambda k, f=f: segs(f, k), build)
-            rows += r; records += recs
-        if records: _write_jsonl(out / "prune" / f"{key}-verification.jsonl", records)
-        _write_jsonl(out / "prune" / f"{key}.jsonl", rows)
-        return counts
-    prune_counts = {key: stage(f"prune-{key}", lambda v=v, key=key: prune(v, key)) for key, v in keys.items()}
-    train_rows = lambda key: _read_jsonl(out / "prune" / f"{key}.jsonl")
-    k_top = cfg.top_k or len(tokenizer)
-    for key in keys:
-        stage(f"cache-{key}", lambda key=key: len(teacher_cache(teacher, tokenizer, train_rows(key), out / "cache" / key, k=k_top,
-                                                                temperature=cfg.distill.temperature, max_length=cfg.distill.max_length,
-                                                                overflow=cfg.distill.overflow, progress=False)))
-
-    # evaluation records, per model; distillation, per variant and seed
-    def evaluate_stage(name, seed, model_fn):
-        def run():
-            recs = evaluate_model(model_fn(), tokenizer, {f: {s: data[f][s] for s in cfg.eval_splits} for f in fams}, kind,
-                                  cfg.max_new_tokens, cfg.gen_batch_size)
-            _write_jsonl(out / "eval" / f"{_slug(name)}{'' if seed is None else f'-s{seed}'}.jsonl", recs)
-            return dict(method=name, seed=seed, accuracy=_accuracies(recs))
-        return stage(f"evaluate-{_slug(name)}" + (f"-s{seed}" if seed is not None else ""), run)
-    evals = {("Teacher", None): evaluate_stage("Teacher", None, lambda: teacher),
-             ("Student pre-KD", None): evaluate_stage("Student pre-KD", None, lambda: student)}
-    for v in cfg.variants:
-        key = data_key(v, cfg)
-        for seed in cfg.seeds:
-            run_dir, trained = out / "distill" / f"{_slug(v.name)}-s{seed}", {}
-            dcfg = DistillConfig.from_dict({**cfg.distill.to_dict(), "lam": v.lam, "seed": seed, **({"lam_end": None} if v.kd_only else {})})
-            def train():
-                res = distill(copy.deepcopy(student), tokenizer, train_rows(key), run_dir, dcfg, cache=TeacherCache(out / "cache" / key),
-                              progress=False)
-                trained["model"] = res.model
-                logs = [h for h in res.history if "loss" in h]
-                return dict(variant=v.name, seed=seed, data=key, steps=max((h.get("step", 0) for h in res.history), default=0),
-                            last_loss=logs[-1]["loss"] if logs else None)
-            stage(f"distill-{_slug(v.name)}-s{seed}", train)
-            dev = str(next(student.parameters()).device)
-            evals[(v.name, seed)] = evaluate_stage(v.name, seed, lambda: trained.get("model") or load_model(run_dir / "model", dtype="float32", device=dev))
-    bar.close()
-
-    # the report: results.json, table.md, table1.png
-    counts = {f: dict(distill_prompts=len(data[f]["distill"]), **det_counts[f],
-                      counterfactuals={key: prune_counts[key][f] for key in keys}) for f in fams}
-    results = results_frame({f"{m}|{s}": e for (m, s), e in evals.items()})
-    table = table1(results, cfg.eval_splits[0], fams)
-    tables = {s: table1(results, s, fams) for s in cfg.eval_splits}
-    write_atomic(out / "results.json", json.dumps(dict(config=cfg.to_dict(), counts=counts, results=results.to_dict("records"),
-                                                        tables={s: t.to_dict("index") for s, t in tables.items()}), indent=1) + "\n")
-    write_atomic(out / "table.md", "\n\n".join(f"Accuracy (%) on `{s}`, mean ± std over seeds {list(cfg.seeds)}:\n\n" + markdown_table(t)
-                                                for s, t in tables.items()) + "\n")
-    fig, _ = table1_plot(results, cfg.eval_splits[0], fams)
-    fig.savefig(out / "table1.png", dpi=100, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    return ExperimentResult(out, cfg, counts, results, table, st.ran)
+    run = _Run(cfg, out, teacher, student, tokenizer, data, kind, progress, log)
+    det_counts = run.detection()
+    prune_counts = run.pruning()
+    run.caches()
+    return run.report(det_counts, prune_counts, run.students())
 
 # %% ../nbs/08_experiment.ipynb #1c9f08d7
 WORLD_STUDENT_REFERENCE = "answer : {answer}" # the world's student was trained to answer in one line: its loss target in its own format
@@ -484,7 +531,7 @@ def stage1_report(
     if key is None and not keys: raise ValueError(f"{out}: no variant of this run trains on counterfactuals")
     key = key or keys[0]
     train = _read_jsonl(out / "prune" / f"{key}.jsonl")
-    check = _answer_check(cfg.answer_kind)
+    check = answer_check(cfg.answer_kind or "world")  # a run without answer_kind ran on the world
     report = {}
     for f, fam_rows in rows.items():
         dets = load_detections(out / "detect" / f)
@@ -539,14 +586,14 @@ class DetectJob(Config):
     out: str # shards, the rows detection ran on (rows.jsonl) and this config (job.json)
     detect: DetectConfig = None
     segments: int = 0 # k >= 2: split each response into k segments and detect in each segment's context (response level)
-    answer_kind: str = "world" # checker for selection (see `check_answers`)
+    answer_kind: str | None = None # checker for selection and for verification in `prune`: a registered kind (`CHECKERS`)
 
     def __post_init__(self):
         if self.detect is None: self.detect = DetectConfig()
-        if isinstance(self.detect, Mapping): self.detect = DetectConfig.from_dict(self.detect)
         if self.segments != 0 and (not isinstance(self.segments, int) or self.segments < 2):
             raise ValueError(f"DetectJob.segments must be 0 or an int >= 2, got {self.segments!r}")
-        if self.answer_kind not in ANSWER_KINDS: raise ValueError(f"DetectJob.answer_kind must be one of {ANSWER_KINDS}, got {self.answer_kind!r}")
+        if self.answer_kind is not None and self.answer_kind not in CHECKERS:
+            raise ValueError(f"DetectJob.answer_kind must be one of {sorted(CHECKERS)}, got {self.answer_kind!r}")
 
 @dataclass
 class PruneJob(Config):
@@ -559,7 +606,6 @@ class PruneJob(Config):
     verify: str = "both" # re-ask the detect job's models: keep what 'both' (or the 'teacher') answer correctly; 'off': keep all
 
     def __post_init__(self):
-        if isinstance(self.threshold, Mapping): self.threshold = ThresholdRule.from_dict(self.threshold)
         if self.strategy not in STRATEGIES: raise ValueError(f"PruneJob.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.unit not in UNITS: raise ValueError(f"PruneJob.unit must be one of {UNITS}, got {self.unit!r}")
         if self.verify not in VERIFY_MODES: raise ValueError(f"PruneJob.verify must be one of {VERIFY_MODES}, got {self.verify!r}")
@@ -575,7 +621,6 @@ class DistillJob(Config):
 
     def __post_init__(self):
         if self.distill is None: self.distill = DistillConfig()
-        if isinstance(self.distill, Mapping): self.distill = DistillConfig.from_dict(self.distill)
         self.data = (self.data,) if isinstance(self.data, str) else tuple(self.data)
         if not self.data: raise ValueError("DistillJob.data must name at least one dataset")
 
@@ -585,12 +630,12 @@ class EvaluateJob(Config):
     model: ModelConfig
     data: str # rows with 'instruction' and 'answer' (or HumanEval problems)
     out: str # records.jsonl, accuracy.json, job.json
-    answer_kind: str = "world" # see `check_answers`
+    answer_kind: str | None = None # a registered kind (`CHECKERS`); needed
     max_new_tokens: int = 64
     batch_size: int = 32
 
     def __post_init__(self):
-        if self.answer_kind not in ANSWER_KINDS: raise ValueError(f"EvaluateJob.answer_kind must be one of {ANSWER_KINDS}, got {self.answer_kind!r}")
+        if self.answer_kind not in CHECKERS: raise ValueError(f"EvaluateJob.answer_kind must be one of {sorted(CHECKERS)}, got {self.answer_kind!r}")
         for k in ("max_new_tokens", "batch_size"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1: raise ValueError(f"EvaluateJob.{k} must be a positive int")
 
@@ -599,6 +644,7 @@ JOBS = {"detect": DetectJob, "prune": PruneJob, "distill": DistillJob, "evaluate
 # %% ../nbs/08_experiment.ipynb #746f073f
 def run_detect_job(job: DetectJob, progress: bool = True) -> dict:
     "Load both models, (split the responses,) detect; returns the status counts."
+    check = answer_check(_job_kind(job)) if job.detect.select and not job.segments else None  # response level never selects
     rows = validate_examples(read_rows(job.data))  # inputs first: a job that fails here writes nothing
     teacher, tok = load_pretrained(job.teacher)
     student, s_tok = load_pretrained(job.student)
@@ -609,7 +655,7 @@ def run_detect_job(job: DetectJob, progress: bool = True) -> dict:
         rows = segment_rows(rows, job.segments, tok)
         cfg = DetectConfig.from_dict({**cfg.to_dict(), "select": False, "reference": "response", "student_reference": None})
     _write_jsonl(out / "rows.jsonl", rows)
-    ds = detect(teacher, student, tok, rows, out / "detections", cfg, check=_checker(job.answer_kind), progress=progress)
+    ds = detect(teacher, student, tok, rows, out / "detections", cfg, check=check, progress=progress)
     return {k: ds["status"].count(k) for k in ("flagged", "not_selected", "nonfinite")}
 
 def run_prune_job(job: PruneJob) -> dict:
@@ -626,7 +672,7 @@ def run_prune_job(job: PruneJob) -> dict:
         teacher, tok = load_pretrained(det.teacher)
         student, _ = load_pretrained(det.student)
         ds, counts, records = verified_counterfactuals(
-            teacher, student, tok, rows, spans, _answer_check(det.answer_kind), job.verify, job.strategy, job.unit,
+            teacher, student, tok, rows, spans, answer_check(_job_kind(det)), job.verify, job.strategy, job.unit,
             max_new_tokens=det.detect.max_new_tokens, batch_size=det.detect.gen_batch_size,
             system_prompt=det.detect.system_prompt, template=det.detect.template)
         _write_jsonl(out / "verification.jsonl", records)
@@ -716,7 +762,7 @@ def pruning_gain(
     max_new_tokens: int = 64,
 ) -> pd.DataFrame:
     "Accuracy of `model` on the selected prompts (student wrong, teacher right) after pruning them, per family."
-    from leaf_nb.world import is_correct
+    check = answer_check(result.config.answer_kind or "world")  # a run without answer_kind ran on the world
     out = {}
     for f, fam_rows in rows.items():
         dets = load_detections(result.out_dir / "detect" / f)
@@ -726,11 +772,11 @@ def pruning_gain(
             cf = [r for r in _read_jsonl(Path((folders or {}).get(col, result.out_dir)) / "prune" / f"{key}.jsonl")
                   if r["kind"] != "original" and r["level"] == "instruction" and r["parent_id"] in set(sel)]
             answers = generate(model, tokenizer, cf, max_new_tokens=max_new_tokens, batch_size=256) if cf else []
-            fixed = {r["parent_id"] for r, a in zip(cf, answers) if is_correct(by_id[r["parent_id"]], a)}
+            fixed = {r["parent_id"] for r, a in zip(cf, answers) if check(by_id[r["parent_id"]], a)}
             cell[col] = len(fixed) / max(1, len(sel))
         if gold is not None:
             cut = [gold(by_id[i]) for i in sel]
             answers = generate(model, tokenizer, cut, max_new_tokens=max_new_tokens, batch_size=256) if cut else []
-            cell["gold"] = sum(is_correct(by_id[i], a) for i, a in zip(sel, answers)) / max(1, len(sel))
+            cell["gold"] = sum(check(by_id[i], a) for i, a in zip(sel, answers)) / max(1, len(sel))
         out[f] = cell
     return pd.DataFrame(out).T

@@ -283,20 +283,16 @@ def token_surprisal(model, tokenizer, encodings: Sequence[Mapping], batch_size: 
     return out
 
 # %% ../nbs/02_saliency.ipynb #189aa778
-def _default_check():
-    from leaf_nb.world import is_correct
-    return is_correct
-
 def select_instances(
     teacher, student, tokenizer,
     rows: Sequence[Mapping], # rows with an 'instruction' (and whatever `check` reads, e.g. 'answer')
-    check: Callable[[Mapping, str], bool] | None = None, # check(row, response) -> correct? (default: the world's)
+    check: Callable[[Mapping, str], bool], # check(row, response) -> correct? (e.g. `leaf_nb.evaluate.answer_check(kind)`)
     max_new_tokens: int = 64,
     batch_size: int = 64,
     **kwargs, # passed to `generate` (system_prompt, template)
 ) -> list[dict]:
     "Both models' greedy responses and their correctness, per row; `selected` = teacher right and student wrong."
-    check = check or _default_check()
+    if not callable(check): raise ValueError(f"select_instances needs check(row, response) -> bool, got {type(check).__name__}")
     rows = list(rows)
     t_resp = generate(teacher, tokenizer, rows, max_new_tokens, batch_size, **kwargs)
     s_resp = generate(student, tokenizer, rows, max_new_tokens, batch_size, **kwargs)
@@ -327,7 +323,6 @@ class DetectConfig(Config):
 
     def __post_init__(self):
         if self.threshold is None: self.threshold = ThresholdRule("quantile", quantile=0.1, unit="clause")
-        if isinstance(self.threshold, Mapping): self.threshold = ThresholdRule.from_dict(self.threshold)
         if self.reference not in ("response", "teacher"): raise ValueError(f"reference must be 'response' or 'teacher', got {self.reference!r}")
         if self.student_reference is not None and (not isinstance(self.student_reference, str) or not self.student_reference.strip()):
             raise ValueError(f"student_reference must be a non-empty format string or None, got {self.student_reference!r}")
@@ -429,12 +424,15 @@ def detect(
     rows: Sequence[Mapping] | datasets.Dataset, # examples: 'id', 'instruction', 'response' (and 'answer' for the default check)
     out_dir: str | Path, # shards, config.json; rerunning into the same folder resumes
     cfg: DetectConfig | None = None,
-    check: Callable[[Mapping, str], bool] | None = None, # check(row, response) for selection/verification (default: the world's)
+    check: Callable[[Mapping, str], bool] | None = None, # check(row, response) -> correct?, for selection (needed unless cfg.select is False)
     progress: bool = True, # a progress bar over rows
 ) -> datasets.Dataset:
     "Selection, saliency, Δĝ, flags, baselines and verification for every row, written in shards; resumes."
     from tqdm.auto import tqdm
     cfg = cfg or DetectConfig()
+    if cfg.select and check is None:
+        raise ValueError("detect selects the rows the teacher answers right and the student wrong: pass check(row, response) -> bool "
+                         "(e.g. leaf_nb.evaluate.answer_check('math'), or leaf_nb.world.is_correct for the world's rows), or select=False")
     rows = validate_examples(rows, require_response=cfg.reference == "response")
     if not rows: raise ValueError("detect needs at least one row")
     check_pair(tokenizer, tokenizer, teacher, student)

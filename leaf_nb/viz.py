@@ -79,6 +79,20 @@ def _outline(flags, i: int, lo: int, hi: int, r: int, last: int) -> str:
     return s
 
 # %% ../nbs/07_visualize.ipynb #2dae6f54
+def _score_row(name: str, vals, raw, r: int, lo: int, hi: int, fl, last: int, reverse: bool, normalise: bool) -> str:
+    "One shaded score row (tokens lo..hi) of a heatmap block: row `r` of `last`, outlined where flagged."
+    rgb = _PALETTE[(r - 1) % len(_PALETTE)]
+    cells = [f'<th style="{_HEAD}">{_esc(name)}</th>']
+    for i in range(lo, hi):
+        v = vals[i]
+        if np.isnan(v): bg, text = "background: #ddd;", "–"
+        else:
+            a = (1 - v if reverse else v) * 0.85
+            bg, text = f"background: rgba({rgb[0]}, {rgb[1]}, {rgb[2]}, {a:.2f});", f"{v:.2f}"
+        tip = f"{name} = {raw[i]:.4g}" + (f" (min-max {v:.2f})" if normalise and not np.isnan(v) else "")
+        cells.append(f'<td class="leaf-score" title="{_esc(tip)}" style="{_CELL} {bg}{_outline(fl, i, lo, hi, r, last)}">{text}</td>')
+    return f'<tr>{"".join(cells)}</tr>'
+
 def token_heatmap(
     tokens: Sequence[str], # the tokens as text (shown escaped, whitespace made visible)
     scores: Mapping[str, Sequence[float]], # row name -> one score per token, e.g. {'teacher': [...], 'student': [...]}
@@ -114,19 +128,8 @@ def token_heatmap(
             st = _CELL + (f" background: {_GOLD}; text-decoration: underline;" if gd[i] else "") + _outline(fl, i, lo, hi, 0, last)
             tip = f"token {i}: {tokens[i]!r}" + (" · flagged" if fl[i] else "") + (" · gold" if gd[i] else "")
             cells.append(f'<td class="{cls}" title="{_esc(tip)}" style="{st}">{_esc(visible_token(tokens[i]))}</td>')
-        trs = [f'<tr>{"".join(cells)}</tr>']
-        for r, (name, vals) in enumerate(shown.items(), start=1):
-            rgb = _PALETTE[(r - 1) % len(_PALETTE)]
-            cells = [f'<th style="{_HEAD}">{_esc(name)}</th>']
-            for i in range(lo, hi):
-                v = vals[i]
-                if np.isnan(v): bg, text = "background: #ddd;", "–"
-                else:
-                    a = (1 - v if name in reverse else v) * 0.85
-                    bg, text = f"background: rgba({rgb[0]}, {rgb[1]}, {rgb[2]}, {a:.2f});", f"{v:.2f}"
-                tip = f"{name} = {raw[name][i]:.4g}" + (f" (min-max {v:.2f})" if normalise and not np.isnan(v) else "")
-                cells.append(f'<td class="leaf-score" title="{_esc(tip)}" style="{_CELL} {bg}{_outline(fl, i, lo, hi, r, last)}">{text}</td>')
-            trs.append(f'<tr>{"".join(cells)}</tr>')
+        trs = [f'<tr>{"".join(cells)}</tr>'] + [_score_row(name, vals, raw[name], r, lo, hi, fl, last, name in reverse, normalise)
+                                                for r, (name, vals) in enumerate(shown.items(), start=1)]
         blocks.append(f'<table style="border-collapse: separate; border-spacing: 0; margin: 2px 0 6px 0;">{"".join(trs)}</table>')
     legend = ["shade: " + ("each row min-max normalised" if normalise else "the value, in [0, 1]")
               + (f"; low values strongest in {', '.join(map(_esc, reverse))}" if reverse else "")]

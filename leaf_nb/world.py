@@ -21,6 +21,7 @@ import torch
 
 from .core import (Config, encode, generate, load_model, load_tokenizer, pad_encodings, seed_everything,
                           remove_spans, to_dataset)
+from .evaluate import register_checker
 
 # %% auto #0
 __all__ = ['FAMILIES', 'NUM_MAX', 'WORLD_CHAT_TEMPLATE', 'SPLITS', 'draw_dag', 'TaskConfig', 'make_examples', 'run_program',
@@ -208,6 +209,8 @@ def extract_answer(text: str) -> str | None:
 def is_correct(example, response: str) -> bool:
     "Does `response` give the example's answer?"
     return extract_answer(response) == example["answer"]
+
+register_checker("world", is_correct)  # answer_kind="world" in every stage that checks answers
 
 # %% ../nbs/01_causal_world.ipynb #a2de648d
 def shortcut_agreement(

@@ -229,3 +229,41 @@ def test_loads_a_hub_id_from_the_local_cache(tmp_path, toks):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[-2:] == ["LlamaForCausalLM", str(len(toks["chatml"]))]
     assert "huggingface.co" not in r.stderr, "loading from the cache must not contact the hub"
+
+
+from dataclasses import dataclass  # noqa: E402
+
+
+@dataclass
+class _Inner(Config):
+    a: int = 1
+
+    def __post_init__(self):
+        if self.a < 0: raise ValueError("a must be >= 0")
+
+
+@dataclass
+class _Outer(Config):
+    inner: _Inner | None = None
+    many: tuple[_Inner, ...] = ()
+
+
+@dataclass
+class _Child(_Outer):  # no __post_init__ of its own: the inherited coercion still runs
+    extra: str = "x"
+
+
+def test_config_turns_nested_dicts_into_configs_from_type_hints():
+    o = _Outer({"a": 2}, [{"a": 3}, _Inner(4)])
+    assert o.inner == _Inner(2) and o.many == (_Inner(3), _Inner(4))
+    assert _Outer.from_dict(o.to_dict()) == o
+    assert _Child({"a": 5}).inner == _Inner(5)
+    with pytest.raises(ValueError, match="a must be >= 0"):  # the nested config's own checks run
+        _Outer({"a": -1})
+
+
+def test_experiment_configs_accept_nested_dicts():
+    from leaf_nb.experiment import ExperimentConfig, Variant
+    from leaf_nb.saliency import DetectConfig, ThresholdRule
+    cfg = ExperimentConfig(detect={"threshold": {"rule": "tau", "tau": 0.2}}, variants=[{"name": "a", "lam": 0.3}])
+    assert cfg.detect == DetectConfig(threshold=ThresholdRule("tau", tau=0.2)) and cfg.variants == (Variant("a", lam=0.3),)

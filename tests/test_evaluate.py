@@ -124,14 +124,14 @@ def test_check_program_output(world):
 def test_check_answers(world, problems):
     rows = list(world.splits["math"]["test"])[:10]
     student = generate(world.student, world.tokenizer, rows, max_new_tokens=48)
-    assert check_answers(rows, student) == [is_correct(r, s) for r, s in zip(rows, student)]
-    assert check_answers(rows, student, kind="math") == check_answers(rows, student)  # 'answer : N' reads as N
+    assert check_answers(rows, student, "world") == [is_correct(r, s) for r, s in zip(rows, student)]
+    assert check_answers(rows, student, kind="math") == check_answers(rows, student, "world")  # 'answer : N' reads as N
     p = problems["HumanEval/0"]
     assert check_answers([p] * 3, [p["canonical_solution"], "    return None", "    while 1: pass"], "humaneval",
                          config=SandboxConfig(timeout=1), max_workers=3) == [True, False, False]
     assert check_answers([{"answer": "6"}, {"answer": "6"}], ["print(2 * 3)", "print(7)"], "program") == [True, False]
     with pytest.raises(ValueError, match="examples and responses must have the same length, got 10 and 9"):
-        check_answers(rows, student[:9])
+        check_answers(rows, student[:9], "world")
     with pytest.raises(ValueError, match="kind must be one of"): check_answers(rows, student, "poetry")
     assert check_answers([], [], "humaneval") == []
 

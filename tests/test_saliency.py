@@ -12,17 +12,18 @@ import numpy as np
 import pytest
 import torch
 
+from leaf_nb.world import is_correct
 from leaf_nb.saliency import (DetectConfig, ThresholdRule, detect, input_saliency, load_detections, saliency_batch,
                               saliency_encoding)
 
 WORKER = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(1)
-    from leaf_nb.world import load_world
+    from leaf_nb.world import is_correct, load_world
     from leaf_nb.saliency import detect, DetectConfig
     w = load_world()
     rows = list(w.splits["math"]["test"])[:36]
-    detect(w.teacher, w.student, w.tokenizer, rows, sys.argv[1], DetectConfig(shard_size=4), progress=False)
+    detect(w.teacher, w.student, w.tokenizer, rows, sys.argv[1], DetectConfig(shard_size=4), check=is_correct, progress=False)
 """)
 
 
@@ -70,20 +71,20 @@ def test_partial_shard_file_is_ignored(tmp_path, world):
     "A temporary file left by a crash during a write is neither read nor trusted."
     rows = list(world.splits["math"]["test"])[:6]
     cfg = DetectConfig(shard_size=3, select=False)
-    full = detect(world.teacher, world.student, world.tokenizer, rows, tmp_path / "a", cfg, progress=False)
+    full = detect(world.teacher, world.student, world.tokenizer, rows, tmp_path / "a", cfg, check=is_correct, progress=False)
     (tmp_path / "a" / "shard-00001.jsonl").rename(tmp_path / "a" / ".shard-00001.jsonl.tmp")
     (tmp_path / "a" / ".shard-00001.jsonl.tmp").write_text('{"id": "half')
     assert len(load_detections(tmp_path / "a")) == 3
-    again = detect(world.teacher, world.student, world.tokenizer, rows, tmp_path / "a", cfg, progress=False)
+    again = detect(world.teacher, world.student, world.tokenizer, rows, tmp_path / "a", cfg, check=is_correct, progress=False)
     assert again.to_list() == full.to_list()
 
 
 def test_rerun_with_other_data_is_refused(tmp_path, world):
     rows = list(world.splits["math"]["test"])
     cfg = DetectConfig(shard_size=3, select=False)
-    detect(world.teacher, world.student, world.tokenizer, rows[:3], tmp_path, cfg, progress=False)
+    detect(world.teacher, world.student, world.tokenizer, rows[:3], tmp_path, cfg, check=is_correct, progress=False)
     with pytest.raises(ValueError, match="other ids, n_rows|other n_rows"):
-        detect(world.teacher, world.student, world.tokenizer, rows[:4], tmp_path, cfg, progress=False)
+        detect(world.teacher, world.student, world.tokenizer, rows[:4], tmp_path, cfg, check=is_correct, progress=False)
 
 
 def test_bad_input_is_named(world):
@@ -97,7 +98,7 @@ def test_bad_input_is_named(world):
     with pytest.raises(ValueError, match="reference"):
         DetectConfig(reference="gold")
     with pytest.raises(ValueError, match="row .a.*instruction"):
-        detect(world.teacher, world.student, tok, [{"id": "a", "instruction": "", "response": "x"}], "/nonexistent", progress=False)
+        detect(world.teacher, world.student, tok, [{"id": "a", "instruction": "", "response": "x"}], "/nonexistent", check=is_correct, progress=False)
 
 
 def test_vocabulary_mismatch_is_refused_before_work(tmp_path, world):
@@ -105,7 +106,7 @@ def test_vocabulary_mismatch_is_refused_before_work(tmp_path, world):
     other = toy_tokenizer("chatml")
     with pytest.raises(ValueError, match="output layer|vocabular"):
         detect(toy_model(other, vocab_size=50), world.student, world.tokenizer,
-               list(world.splits["math"]["test"])[:2], tmp_path, progress=False)
+               list(world.splits["math"]["test"])[:2], tmp_path, check=is_correct, progress=False)
     assert not list(tmp_path.glob("shard-*"))
 
 

@@ -24,6 +24,7 @@ import torch
 from leaf_nb.core import toy_model, toy_tokenizer
 from leaf_nb.evaluate import jaccard_frame
 from leaf_nb.saliency import ThresholdRule, detect
+from leaf_nb.world import is_correct
 from leaf_nb.viz import (AttentionMaps, attention_comparison_plot, attention_heatmap, attention_mass, attention_summary,
                          attention_weights, attention_widget, compare_attention, detection_heatmap, detection_scores,
                          detection_widget, eager_attention, example_attention, figure_html, html_page, jaccard_plot,
@@ -43,7 +44,7 @@ def world():
 @pytest.fixture(scope="module")
 def detected(world, tmp_path_factory):
     rows = list(world.splits["math"]["test"])[:40]
-    det = detect(world.teacher, world.student, world.tokenizer, rows, tmp_path_factory.mktemp("det"), progress=False)
+    det = detect(world.teacher, world.student, world.tokenizer, rows, tmp_path_factory.mktemp("det"), check=is_correct, progress=False)
     return det, rows
 
 
