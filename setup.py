@@ -35,6 +35,7 @@ setuptools.setup(
     python_requires=">=" + min_python,
     install_requires=cfg["requirements"].split(),
     extras_require={"dev": cfg["dev_requirements"].split(), "smol": cfg["smol_requirements"].split()},
-    entry_points={"console_scripts": cfg["console_scripts"].split(), "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
+    entry_points={"console_scripts": cfg["console_scripts"].split(), "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],
+                  "leaf_nb.answer_kinds": ["world = leaf_nb.world"]},  # answer kinds registered by importing a module
     zip_safe=False,
 )

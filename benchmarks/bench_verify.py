@@ -17,7 +17,7 @@ import datasets
 import torch
 from transformers.utils import logging as hf_logging
 
-from leaf_nb.experiment import demo_config
+from leaf_nb.demo import demo_config
 from leaf_nb.pruning import counterfactuals, verify_counterfactuals
 from leaf_nb.saliency import detect
 from leaf_nb.world import is_correct, load_world

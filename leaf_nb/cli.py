@@ -18,16 +18,6 @@ COMMANDS = {"detect": ("DetectJob", "selection and confounder detection over a d
             "distill": ("DistillJob", "LeaF's hybrid-loss distillation on `prune` outputs (under `accelerate launch` for several GPUs)"),
             "evaluate": ("EvaluateJob", "greedy responses and their accuracy, with a bootstrap interval")}
 
-def _templates() -> dict:
-    "An example config per job, on the world's models saved as folders (edit the paths)."
-    from leaf_nb.core import ModelConfig
-    from leaf_nb.experiment import DetectJob, DistillJob, EvaluateJob, ExperimentConfig, PruneJob
-    t, s = ModelConfig("models/teacher"), ModelConfig("models/student")
-    return {"detect": DetectJob(t, s, "data/train.jsonl", "runs/detect", answer_kind="world"), "prune": PruneJob("runs/detect", "runs/prune"),
-            "distill": DistillJob(t, s, ("runs/prune",), "runs/distill"),
-            "evaluate": EvaluateJob(ModelConfig("runs/distill/model"), "data/test.jsonl", "runs/evaluate", answer_kind="world"),
-            "experiment": ExperimentConfig()}
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="leaf_nb", description="Learning to Focus (LeaF): causal attention distillation via gradient-guided token pruning.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -54,20 +44,23 @@ def _load(cls, path: str):
     except TypeError as e: raise ValueError(f"{p}: {e}") from None
 
 def _run(args, out) -> int:
-    from leaf_nb import experiment as X
     if args.command == "demo":
-        X.demo(args.out, _load(X.ExperimentConfig, args.config) if args.config else None, log=out)
-    elif args.command == "template":
-        jobs = X.paper_recipe() if args.kind == "paper" else {args.kind: _templates()[args.kind]}
+        from leaf_nb.demo import demo
+        from leaf_nb.experiment import ExperimentConfig
+        demo(args.out, _load(ExperimentConfig, args.config) if args.config else None, log=out)
+        return 0
+    from leaf_nb import jobs as J
+    if args.command == "template":
+        jobs = J.paper_recipe() if args.kind == "paper" else {args.kind: J.job_templates()[args.kind]}
         for name, job in jobs.items(): out(str(job.save(Path(args.out) / f"{name}.json")))
     else:
-        job = _load(X.JOBS[args.command], args.config)
+        cls, run = J.JOBS[args.command]
+        job = _load(cls, args.config)
         if args.check:
-            extra = f"; {X.effective_batch(job, args.num_processes)} originals per step on {args.num_processes} process(es)" \
+            extra = f"; {J.effective_batch(job, args.num_processes)} originals per step on {args.num_processes} process(es)" \
                 if args.command == "distill" else ""
             out(f"{args.config}: a valid {type(job).__name__}{extra}")
         else:
-            run = {"detect": X.run_detect_job, "prune": X.run_prune_job, "distill": X.run_distill_job, "evaluate": X.run_evaluate_job}[args.command]
             res = run(job) if args.command == "prune" else run(job, progress=not args.quiet)
             out(json.dumps({k: v for k, v in res.items() if k != "notes"} if isinstance(res, dict) else str(res)))
     return 0

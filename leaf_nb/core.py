@@ -30,7 +30,7 @@ __all__ = ['logger', 'EXAMPLE_FEATURES', 'REQUIRED_FIELDS', 'SMOLLM2_GGUF', 'SOU
            'ensure_pad_token', 'load_tokenizer', 'load_model', 'load_pretrained', 'toy_tokenizer', 'toy_model',
            'smollm2_path', 'smollm2_gguf', 'PairCheck', 'logit_rows', 'check_pair', 'format_prompt', 'encode',
            'token_mask', 'remove_spans', 'clause_spans', 'pad_encodings', 'encode_batch', 'generate', 'write_atomic',
-           'fingerprint', 'length_batches', 'trunk_and_head']
+           'same_length', 'read_jsonl', 'write_jsonl', 'fingerprint', 'length_batches', 'trunk_and_head']
 
 # %% ../nbs/00_core.ipynb #67485f3f
 logger = logging.getLogger("leaf_nb")
@@ -650,6 +650,19 @@ def write_atomic(path: str | Path, text: str):
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as fh: fh.write(text); fh.flush(); os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+def same_length(a: Sequence, b: Sequence, name_a: str, name_b: str):
+    "A clear error, naming both, when two sequences that go together differ in length."
+    if len(a) != len(b): raise ValueError(f"{name_a} and {name_b} must have the same length, got {len(a)} and {len(b)}")
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    "The rows of a JSON-lines file (blank lines skipped)."
+    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+
+def write_jsonl(path: str | Path, rows: Iterable[Mapping]):
+    "Write `rows` as JSON lines, whole or not at all (parent folders are created)."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 def fingerprint(items: Iterable) -> str:
     "A short stable hash of a sequence of strings (or values, through `str`)."

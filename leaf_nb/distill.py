@@ -311,12 +311,14 @@ class PairCollator:
         self.pad_token_id, self.cf_per_group, self.seed, self.cache, self.epoch = pad_token_id, cf_per_group, seed, cache, 0
 
     def rows(self, group: Mapping) -> list[Mapping]:
+        "A group's original and its counterfactuals (a sample of `cf_per_group`, fixed by seed, epoch and id)."
         cfs = group["counterfactuals"]
         if self.cf_per_group and len(cfs) > self.cf_per_group:
             cfs = random.Random(f"{self.seed}:{self.epoch}:{group['id']}").sample(cfs, self.cf_per_group)
         return [group["original"], *cfs]
 
     def __call__(self, groups: Sequence[Mapping]) -> dict:
+        "One padded batch of every row of `groups`, with `is_cf` marking counterfactual rows (and cached teacher top-k, if any)."
         encs, is_cf = [], []
         for g in groups:
             rs = self.rows(g)
@@ -460,6 +462,7 @@ class LeafTrainer(Trainer):
         self._sums, self._counts = defaultdict(float), defaultdict(int)
 
     def current_lambda(self) -> float:
+        "λ at the current optimiser step (constant, or annealed from `lam` to `lam_end`)."
         return self.dcfg.lam_at(self.state.global_step / max(1, self.state.max_steps))
 
     def _divisors(self, inputs):
@@ -472,6 +475,7 @@ class LeafTrainer(Trainer):
         return tuple((self.accelerator.reduce(counts, reduction="sum") / n).tolist())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        "The hybrid KL of the batch (teacher from the cache when the batch carries one, else run live); its terms are kept for the log."
         c, lam = self.dcfg, self.current_lambda()
         div = self._divisors(inputs)
         loss, terms = hybrid_kd_loss(model, inputs, teacher=None if "topk_ids" in inputs else self.teacher, lam=lam,
@@ -488,6 +492,7 @@ class LeafTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs):
+        "The Trainer's log, plus the mean of each loss term (kd, cd, ce) and of λ since the last log."
         if "loss" in logs and self._counts:
             logs.update({k: round(self._sums[k] / n, 6) for k, n in self._counts.items() if n})
             self._sums.clear(); self._counts.clear()

@@ -6,33 +6,22 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .core import Config, generate
+from .core import generate, same_length
+from .sandbox import SandboxConfig, SandboxResult, run_sandboxed
 
 # %% auto #0
-__all__ = ['SANDBOX_DENIED_EVENTS', 'SANDBOX_DENIED_PREFIXES', 'SANDBOX_DENIED_MODULES', 'SANDBOX_READ_PATHS', 'CHECKERS',
-           'JACCARD_UNITS', 'generate_responses', 'math_correct', 'SandboxConfig', 'SandboxResult',
-           'sandbox_read_paths', 'run_sandboxed', 'run_sandboxed_many', 'extract_code', 'check_program_output',
-           'humaneval_problems', 'humaneval_program', 'check_humaneval', 'register_checker', 'answer_check',
-           'check_answers', 'AccuracyCI', 'accuracy_ci', 'accuracy_table', 'report_table', 'markdown_table', 'unit_set',
-           'jaccard', 'jaccard_frame', 'jaccard_summary']
+__all__ = ['CHECKERS', 'JACCARD_UNITS', 'generate_responses', 'math_correct', 'extract_code', 'check_program_output',
+           'humaneval_problems', 'humaneval_program', 'check_humaneval', 'register_checker', 'answer_kinds',
+           'answer_check', 'check_answers', 'AccuracyCI', 'accuracy_ci', 'accuracy_table', 'report_table',
+           'markdown_table', 'unit_set', 'jaccard', 'jaccard_frame', 'jaccard_summary']
 
 # %% ../nbs/06_evaluate.ipynb #ff0d41a0
 class _Recording:
@@ -88,349 +77,6 @@ def math_correct(
     if not isinstance(response, str) or not response.strip(): return False
     pred = parse(response, parsing_timeout=t)
     return bool(pred) and verify(ref, pred, timeout_seconds=t)
-
-# %% ../nbs/06_evaluate.ipynb #09132040
-SANDBOX_DENIED_EVENTS = ("os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.startfile",
-                         "subprocess.Popen", "os.kill", "os.killpg", "signal.pthread_kill", "os.symlink", "os.link",
-                         "resource.setrlimit", "resource.prlimit", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-                         "fcntl.ioctl", "webbrowser.open")
-"Audit events that stop a sandboxed program at once (status 'error', reason 'blocked EVENT')."
-SANDBOX_DENIED_PREFIXES = ("socket.", "ctypes.")
-"Every audit event starting with one of these (any socket, any `ctypes` use) stops the program too."
-SANDBOX_DENIED_MODULES = ("ctypes", "_ctypes", "cffi", "_cffi_backend", "_posixsubprocess", "_xxsubinterpreters",
-                          "_xxinterpchannels", "_testcapi", "_testinternalcapi", "readline", "_dbm", "_gdbm", "sqlite3",
-                          "_sqlite3", "_tkinter")
-"Modules a sandboxed program cannot import (`ImportError`): native escape hatches that bypass audit events."
-SANDBOX_READ_PATHS = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/localtime", "/etc/passwd",
-                      "/etc/group", "/etc/nsswitch.conf", "/etc/mime.types", "/dev/zero", "/dev/urandom", "/dev/random",
-                      "/proc/self", "/sys/devices/system/cpu")
-"What a sandboxed program may read under Landlock, besides its working directory and the Python installation."
-_PATH_EVENTS = {"os.mkdir": ((0,), (2,)), "os.remove": ((0,), (1,)), "os.rmdir": ((0,), (1,)), "os.rename": ((0, 1), (2, 3)),
-                "os.chmod": ((0,), (2,)), "os.chown": ((0,), (3,)), "os.utime": ((0,), (3,)), "os.truncate": ((0,), ()),
-                "os.chflags": ((0,), ()), "os.lchflags": ((0,), ()), "os.setxattr": ((0,), ()), "os.removexattr": ((0,), ()),
-                "shutil.rmtree": ((0,), (1,))}  # event -> (positions of paths, positions of dir_fd arguments)
-
-# %% ../nbs/06_evaluate.ipynb #915b7801
-_CHILD = r'''
-import json, os, sys
-
-def _leaf_sandbox(cfg):
-    import resource, types
-    status, box = cfg["status_fd"], cfg["box"]
-    out, err = sys.stdout, sys.stderr
-    def report(kind, detail=""):
-        try: os.write(status, (json.dumps([kind, detail]) + "\n").encode())
-        except Exception: pass
-    def die(kind, detail, code=3):
-        for f in (out, err):
-            try: f.flush()
-            except Exception: pass
-        report(kind, detail)
-        try: os.write(2, ("leaf_nb sandbox: %s %s\n" % (kind, detail)).encode())
-        except Exception: pass
-        os._exit(code)
-    layers = {"uid": os.geteuid(), "network_namespace": False, "landlock": 0, "nproc_limit": False, "audit_hooks": False}
-    try:
-        if sys.platform.startswith("linux") and (cfg["network_namespace"] or cfg["landlock"] or cfg["drop_privileges"]):
-            import ctypes
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.syscall.restype = ctypes.c_long
-            def check(r, what):
-                if r < 0: die("setup", "%s: %s" % (what, os.strerror(ctypes.get_errno())))
-                return r
-            root, ruleset = os.geteuid() == 0, -1
-            if cfg["network_namespace"]:  # CLONE_NEWNET, with CLONE_NEWUSER when not root
-                layers["network_namespace"] = libc.unshare(0x40000000 if root else 0x50000000) == 0
-            abi = libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1)) if cfg["landlock"] else -1
-            if abi > 0:  # Landlock: everything under `box` but exec; reading under `read_paths`; writing /dev/null
-                fs = 0x1FFF | (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0) | (1 << 15 if abi >= 5 else 0)
-                net, scoped = (0b11 if abi >= 4 else 0), (0b11 if abi >= 6 else 0)  # TCP bind+connect; abstract sockets+signals
-                class Attr(ctypes.Structure): _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
-                class Beneath(ctypes.Structure): _pack_, _fields_ = 1, [("allowed", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-                size = 8 if abi < 4 else 16 if abi < 6 else 24
-                ruleset = check(libc.syscall(444, ctypes.byref(Attr(fs, net, scoped)), ctypes.c_size_t(size), ctypes.c_uint32(0)), "landlock_create_ruleset")
-                rules = [(box, fs & ~1), (os.devnull, fs & 0b1100000000000110)]  # /dev/null: read, write, truncate, ioctl
-                for path in cfg["read_paths"]:
-                    try: rules.append((path, 0b1100 if os.path.isdir(path) else 0b100))  # read dir (and files), or the file
-                    except OSError: pass
-                for path, rights in rules:
-                    try: fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-                    except OSError: continue
-                    check(libc.syscall(445, ruleset, 1, ctypes.byref(Beneath(rights, fd)), ctypes.c_uint32(0)), "landlock_add_rule")
-                    os.close(fd)
-                layers["landlock"] = abi
-            if cfg["drop_privileges"] and root:  # become nobody, keeping only CAP_DAC_READ_SEARCH (to read the interpreter)
-                check(libc.prctl(8, 1, 0, 0, 0), "PR_SET_KEEPCAPS")
-                os.setgroups([]); os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"]); os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
-                class Head(ctypes.Structure): _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-                class Caps(ctypes.Structure): _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-                caps = (Caps * 2)()
-                caps[0].effective = caps[0].permitted = 1 << 2
-                check(libc.capset(ctypes.byref(Head(0x20080522, 0)), caps), "capset")
-                layers["uid"] = os.geteuid()
-            check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
-            if ruleset >= 0:
-                check(libc.syscall(446, ruleset, ctypes.c_uint32(0)), "landlock_restrict_self"); os.close(ruleset)
-            del libc
-            for m in [m for m in sys.modules if m.split(".")[0] in ("ctypes", "_ctypes")]: del sys.modules[m]
-        def limit(which, soft, hard=None):
-            hard = soft if hard is None else hard
-            old = resource.getrlimit(which)[1]
-            if old != resource.RLIM_INFINITY: hard = min(hard, old)
-            resource.setrlimit(which, (min(soft, hard), hard))
-        limit(resource.RLIMIT_AS, cfg["memory"]); limit(resource.RLIMIT_CPU, cfg["cpu"], cfg["cpu"] + 1)
-        limit(resource.RLIMIT_FSIZE, cfg["fsize"]); limit(resource.RLIMIT_NOFILE, cfg["nofile"]); limit(resource.RLIMIT_CORE, 0)
-        limit(resource.RLIMIT_NPROC, 0)
-        layers["nproc_limit"] = os.geteuid() != 0
-        path = os.path.join(box, "main.py")
-        with open(path, encoding="utf-8") as f: src = f.read()
-    except Exception as e:
-        die("setup", "%s: %s" % (type(e).__name__, e))
-    try: code = compile(src, "main.py", "exec")
-    except (SyntaxError, ValueError) as e: die("syntax", "%s: %s" % (type(e).__name__, e), 1)
-    main = types.ModuleType("__main__"); main.__file__ = path
-    sys.modules["__main__"], sys.argv = main, ["main.py"]
-    if cfg["audit_hooks"]:
-        getcwd, stat, fspath, enc = os.getcwd, os.stat, os.fspath, sys.getfilesystemencoding()
-        W = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-        deny, prefixes, modules = frozenset(cfg["deny_events"]), tuple(cfg["deny_prefixes"]), frozenset(cfg["deny_modules"])
-        path_events = {k: (tuple(p), tuple(d)) for k, (p, d) in cfg["path_events"].items()}
-        def norm(p):  # an absolute, normalised path by string operations only (None: refuse)
-            if type(p) is not str and type(p) is not bytes: p = fspath(p)
-            if type(p) is bytes: p = p.decode(enc, "surrogateescape")
-            if not p.startswith("/"):
-                if ".." in p.split("/"): return None  # may be relative to a directory descriptor we cannot see
-                p = getcwd() + "/" + p
-            parts = []
-            for s in p.split("/"):
-                if s == "..":
-                    if parts: parts.pop()
-                elif s and s != ".": parts.append(s)
-            return "/" + "/".join(parts)
-        def inside(p):
-            p = norm(p)
-            return p is not None and (p == box or p.startswith(box + "/") or p == "/dev/null")
-        def hook(event, args):
-            if event in deny or event.startswith(prefixes): die("blocked", event)
-            if event == "import":
-                if args[0] in modules or args[0].split(".")[0] in modules:
-                    report("import", args[0])
-                    raise ImportError("leaf_nb sandbox: import of %r is blocked" % args[0])
-            elif event == "open":
-                p, mode, flags = args
-                if type(p) is int: return
-                if flags & W or (mode and any(c in mode for c in "wax+")):
-                    if not inside(p): die("blocked", "open %r for writing" % (norm(p) or p,))
-                else:
-                    q = norm(p)
-                    try: isdir = q is None or stat(q).st_mode & 0o170000 == 0o040000
-                    except OSError: isdir = False
-                    if isdir and not inside(p): die("blocked", "open of the directory %r" % (q or p,))
-            elif event in path_events:
-                where, dirfds = path_events[event]
-                for i in dirfds:
-                    if i < len(args) and args[i] not in (None, -1): die("blocked", "%s with dir_fd" % event)
-                for i in where:
-                    if i >= len(args): continue
-                    if type(args[i]) is int:
-                        if event != "os.truncate": die("blocked", "%s on a descriptor" % event)
-                    elif not inside(args[i]): die("blocked", "%s %r" % (event, norm(args[i]) or args[i]))
-        sys.addaudithook(hook)
-        layers["audit_hooks"] = True
-    report("layers", layers)
-    return code, main, die
-
-_code, _main, _die = _leaf_sandbox(json.loads(sys.argv[1]))
-del _leaf_sandbox
-try: exec(_code, _main.__dict__)
-except MemoryError: _die("memory", "limit", 1)
-'''
-
-# %% ../nbs/06_evaluate.ipynb #1e0aab31
-@dataclass
-class SandboxConfig(Config):
-    "Limits and layers of the code sandbox (see the table above)."
-    timeout: float = 5.0 # wall-clock seconds; then the program's whole process group is killed
-    memory_mb: int = 512 # address-space limit (RLIMIT_AS), MiB
-    output_kb: int = 1024 # largest file the program may write, stdout and stderr included (RLIMIT_FSIZE), KiB
-    max_files: int = 64 # open file descriptors (RLIMIT_NOFILE)
-    tail: int = 2000 # characters kept from the end of stdout and of stderr
-    audit_hooks: bool = True # Python audit hooks (`SANDBOX_DENIED_EVENTS`, writes outside the working directory)
-    landlock: bool = True # Linux: kernel rules on writes, exec, TCP and signals, where the kernel has Landlock
-    network_namespace: bool = True # Linux: a network namespace without interfaces, where permitted
-    drop_privileges: bool = True # as root: run as `nobody`, keeping only the capability to read files
-    read_paths: tuple = () # with Landlock: more files or directories the program may read (beyond `sandbox_read_paths()`)
-
-    def __post_init__(self):
-        if not isinstance(self.timeout, (int, float)) or not 0 < self.timeout <= 3600:
-            raise ValueError(f"SandboxConfig.timeout must be in (0, 3600] seconds, got {self.timeout!r}")
-        for k, lo in (("memory_mb", 64), ("output_kb", 1), ("max_files", 16), ("tail", 0)):
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo: raise ValueError(f"SandboxConfig.{k} must be an int >= {lo}, got {v!r}")
-        if isinstance(self.read_paths, (str, Path)) or not all(isinstance(p, (str, Path)) for p in self.read_paths):
-            raise ValueError(f"SandboxConfig.read_paths must be a tuple of paths, got {self.read_paths!r}")
-
-@dataclass
-class SandboxResult:
-    "What happened to one sandboxed program."
-    status: str # 'passed' (exit 0), 'failed' (non-zero exit), 'timeout', or 'error' (blocked, a limit, a crash, no run)
-    reason: str # a few words: 'exit code 1: AssertionError', 'blocked os.fork', 'memory limit (512 MiB)', ...
-    returncode: int | None = None # the exit status (negative: killed by that signal)
-    stdout: str = "" # the tail of standard output
-    stderr: str = "" # the tail of standard error
-    seconds: float = 0.0 # wall-clock time
-    layers: dict = field(default_factory=dict) # the protections the child reported as active
-
-    @property
-    def passed(self) -> bool: return self.status == "passed"
-
-# %% ../nbs/06_evaluate.ipynb #f4d86903
-def _nobody() -> tuple[int, int]:
-    try:
-        import pwd
-        p = pwd.getpwnam("nobody"); return p.pw_uid, p.pw_gid
-    except (ImportError, KeyError): return 65534, 65534
-
-def _wait(proc: subprocess.Popen, timeout: float) -> bool:
-    "Wait until `proc` exits, leaving it unreaped so its process group id stays ours; False on timeout."
-    if not hasattr(os, "waitid"):
-        try: proc.wait(timeout); return True
-        except subprocess.TimeoutExpired: return False
-    end, pause = time.monotonic() + timeout, 0.0005
-    while True:
-        if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None: return True
-        left = end - time.monotonic()
-        if left <= 0: return False
-        time.sleep(min(pause, left)); pause = min(pause * 2, 0.02)
-
-def _kill_group(proc: subprocess.Popen):
-    for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
-        try: kill()
-        except (ProcessLookupError, PermissionError): pass
-
-def _tail(path: Path, n: int) -> str:
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - 4 * n - 4))
-        text = f.read().decode("utf-8", "replace")
-    return text[-n:] if n else ""
-
-def _read_reports(fd: int) -> list:
-    os.set_blocking(fd, False)
-    data = b""
-    while len(data) < 1 << 16:
-        try: chunk = os.read(fd, 1 << 16)
-        except BlockingIOError: break
-        if not chunk: break
-        data += chunk
-    out = []
-    for line in data.decode("utf-8", "replace").splitlines():
-        try: kind, detail = json.loads(line); out.append((str(kind), detail))
-        except (ValueError, TypeError): pass
-    return out
-
-def _last_line(text: str) -> str:
-    lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
-    return lines[-1][:200] if lines else ""
-
-# %% ../nbs/06_evaluate.ipynb #ae18f587
-def sandbox_read_paths(
-    extra: Sequence[str | Path] = (), # more files or directories
-) -> list[str]:
-    "The paths a sandboxed program may read under Landlock: Python's prefixes (stdlib, site-packages), `SANDBOX_READ_PATHS`, `extra`."
-    prefixes = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
-    paths = [*prefixes, *map(os.path.realpath, prefixes), *SANDBOX_READ_PATHS, *map(str, extra)]
-    return [p for p in dict.fromkeys(paths) if os.path.exists(p)]
-
-# %% ../nbs/06_evaluate.ipynb #4ad43fe0
-def _verdict(cfg: SandboxConfig, finished: bool, rc: int, kinds: Mapping, full: bool, err: str) -> tuple[str, str]:
-    "(status, reason) of a finished sandbox run, from its exit code and the child's reports."
-    if not finished: return "timeout", f"wall-clock timeout ({cfg.timeout:g} s)"
-    for kind, what in (("blocked", "blocked {}"), ("setup", "sandbox setup failed: {}"), ("syntax", "{}")):
-        if kind in kinds: return "error", what.format(kinds[kind])
-    if "memory" in kinds: return "error", f"memory limit ({cfg.memory_mb} MiB)"
-    if rc == -signal.SIGXCPU: return "timeout", "cpu time limit"
-    if full: return "error", f"output limit ({cfg.output_kb} KiB)"
-    if rc == 0: return "passed", "exit code 0"
-    if "import" in kinds: return "error", f"blocked import of {kinds['import']!r}"
-    if rc < 0:
-        try: name = signal.Signals(-rc).name
-        except ValueError: name = f"signal {-rc}"
-        return "error", f"killed by {name}"
-    return "failed", f"exit code {rc}" + (f": {_last_line(err)}" if _last_line(err) else "")
-
-def run_sandboxed(
-    program: str, # Python source code
-    stdin: str = "", # text for the program's standard input
-    config: SandboxConfig | None = None, # limits and layers (default: `SandboxConfig()`)
-    **overrides, # fields of `SandboxConfig` to change for this run, e.g. `timeout=1`
-) -> SandboxResult:
-    "Run `program` in a sandboxed subprocess (see the layers above) and say what happened."
-    if os.name != "posix": raise RuntimeError("the sandbox needs a POSIX system (Linux for its kernel layers)")
-    if not isinstance(program, str): raise ValueError(f"program must be a string, got {type(program).__name__}")
-    if not isinstance(stdin, str): raise ValueError(f"stdin must be a string, got {type(stdin).__name__}")
-    cfg = config or SandboxConfig()
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(SandboxConfig)})
-    if unknown: raise ValueError(f"unknown sandbox setting(s) {unknown}; known are {[f.name for f in dataclasses.fields(SandboxConfig)]}")
-    cfg = dataclasses.replace(cfg, **overrides)
-    work = Path(tempfile.mkdtemp(prefix="leaf_nb_sandbox_"))
-    r_fd = w_fd = -1
-    try:
-        box = work / "box"; box.mkdir()
-        (box / "main.py").write_text(program, encoding="utf-8")
-        (work / "stdin").write_text(stdin, encoding="utf-8")
-        uid, gid = _nobody()
-        if cfg.drop_privileges and os.geteuid() == 0 and sys.platform.startswith("linux"):
-            for p in (box, box / "main.py"): os.chown(p, uid, gid)
-        r_fd, w_fd = os.pipe()
-        child = {"status_fd": w_fd, "box": os.path.realpath(box), "uid": uid, "gid": gid,
-                 "memory": cfg.memory_mb << 20, "cpu": math.ceil(cfg.timeout) + 1, "fsize": cfg.output_kb << 10,
-                 "nofile": cfg.max_files, "audit_hooks": cfg.audit_hooks, "landlock": cfg.landlock,
-                 "network_namespace": cfg.network_namespace, "drop_privileges": cfg.drop_privileges,
-                 "deny_events": SANDBOX_DENIED_EVENTS, "deny_prefixes": SANDBOX_DENIED_PREFIXES,
-                 "deny_modules": SANDBOX_DENIED_MODULES, "path_events": _PATH_EVENTS,
-                 "read_paths": sandbox_read_paths(cfg.read_paths)}
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(box), "TMPDIR": str(box), "LANG": "C.UTF-8",
-               "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-I", "-B", "-X", "utf8", "-c", _CHILD, json.dumps(child)]
-        t0 = time.monotonic()
-        with open(work / "stdin", "rb") as fin, open(work / "stdout", "wb") as fout, open(work / "stderr", "wb") as ferr:
-            try:
-                proc = subprocess.Popen(cmd, stdin=fin, stdout=fout, stderr=ferr, cwd=box, env=env,
-                                        start_new_session=True, pass_fds=(w_fd,))
-            except OSError as e: return SandboxResult("error", f"could not start the sandbox: {e}")
-            finally: os.close(w_fd); w_fd = -1
-            try: finished = _wait(proc, cfg.timeout)
-            finally:
-                _kill_group(proc)  # stragglers and timeouts alike; the leader is unreaped, so the group id is still ours
-                rc = proc.wait()
-        seconds = round(time.monotonic() - t0, 3)
-        reports = _read_reports(r_fd)
-        out, err = _tail(work / "stdout", cfg.tail), _tail(work / "stderr", cfg.tail)
-        full = max((work / n).stat().st_size for n in ("stdout", "stderr")) >= cfg.output_kb << 10
-    finally:
-        for fd in (r_fd, w_fd):
-            if fd >= 0: os.close(fd)
-        shutil.rmtree(work, ignore_errors=True)
-    kinds = {k: d for k, d in reversed(reports)}  # the first report of each kind
-    return SandboxResult(*_verdict(cfg, finished, rc, kinds, full, err), rc, out, err, seconds, kinds.get("layers", {}))
-
-# %% ../nbs/06_evaluate.ipynb #05f0fa36
-def _same_length(a: Sequence, b: Sequence, name_a: str, name_b: str):
-    if len(a) != len(b): raise ValueError(f"{name_a} and {name_b} must have the same length, got {len(a)} and {len(b)}")
-
-# %% ../nbs/06_evaluate.ipynb #64543ba6
-def run_sandboxed_many(
-    programs: Sequence[str], # Python programs
-    stdins: Sequence[str] | None = None, # one standard input per program (default: empty)
-    config: SandboxConfig | None = None, # limits and layers
-    max_workers: int = 2, # programs running at the same time
-    **overrides, # fields of `SandboxConfig` to change
-) -> list[SandboxResult]:
-    "`run_sandboxed` over many programs, `max_workers` at a time; results in input order."
-    stdins = [""] * len(programs) if stdins is None else stdins
-    _same_length(programs, stdins, "programs", "stdins")
-    with ThreadPoolExecutor(max(1, max_workers)) as ex:
-        return list(ex.map(lambda ps: run_sandboxed(ps[0], ps[1], config, **overrides), zip(programs, stdins)))
 
 # %% ../nbs/06_evaluate.ipynb #7513dffc
 def extract_code(text: str) -> str:
@@ -493,10 +139,23 @@ def register_checker(
     if not callable(check): raise ValueError(f"the checker of {kind!r} must be callable, got {type(check).__name__}")
     CHECKERS[kind] = (check, sandboxed)
 
+def _kind_modules() -> dict:
+    "Answer kinds that installed packages declare (entry points in group 'leaf_nb.answer_kinds': kind = module that registers it)."
+    from importlib.metadata import entry_points
+    return {ep.name: ep for ep in entry_points(group="leaf_nb.answer_kinds")}
+
+def answer_kinds() -> list[str]:
+    "Every answer kind a config may name: those registered, and those whose declaring module registers them on first use."
+    return sorted({*CHECKERS, *_kind_modules()})
+
+def _checker(kind: str) -> tuple[Callable, bool]:
+    if kind not in CHECKERS and isinstance(kind, str) and kind in (mods := _kind_modules()): mods[kind].load()  # importing it registers the kind
+    if kind not in CHECKERS: raise ValueError(f"kind must be one of {answer_kinds()} (the answer kinds), got {kind!r}")
+    return CHECKERS[kind]
+
 def answer_check(kind: str) -> Callable[[Mapping, str], bool]:
-    "check(example, response) -> bool for answer kind `kind`; a clear error naming the registered kinds."
-    if kind not in CHECKERS: raise ValueError(f"kind must be one of {sorted(CHECKERS)} (the registered answer kinds), got {kind!r}")
-    check, sandboxed = CHECKERS[kind]
+    "check(example, response) -> bool for answer kind `kind`; a clear error naming the known kinds."
+    check, sandboxed = _checker(kind)
     return (lambda e, r: bool(check(e, r, config=None))) if sandboxed else (lambda e, r: bool(check(e, r)))
 
 register_checker("math", lambda e, r: math_correct(r, e["answer"]))
@@ -511,9 +170,8 @@ def check_answers(
     max_workers: int = 2, # sandboxes running at the same time
 ) -> list[bool]:
     "Is each response correct? One bool per example, checked by the checker of `kind`."
-    answer_check(kind)  # a clear error for an unknown kind
-    _same_length(examples, responses, "examples", "responses")
-    check, sandboxed = CHECKERS[kind]
+    check, sandboxed = _checker(kind)  # a clear error for an unknown kind
+    same_length(examples, responses, "examples", "responses")
     if not sandboxed: return [bool(check(e, r)) for e, r in zip(examples, responses)]
     run = lambda er: bool(check(er[0], er[1], config=config))
     with ThreadPoolExecutor(max(1, max_workers)) as ex: return list(ex.map(run, zip(examples, responses)))
@@ -653,8 +311,8 @@ def jaccard_frame(
     "Per-instance Jaccard of student responses (original and pruned prompts) with each reference: columns id, prompt_kind, reference_kind, unit, jaccard."
     units = tuple(units or (JACCARD_UNITS if tokenizer is not None else ("word",)))
     if not references: raise ValueError("references is empty: give at least one kind, e.g. {'teacher': responses}")
-    _same_length(ids, original, "ids", "original"); _same_length(ids, pruned, "ids", "pruned")
-    for k, refs in references.items(): _same_length(ids, refs, "ids", f"references[{k!r}]")
+    same_length(ids, original, "ids", "original"); same_length(ids, pruned, "ids", "pruned")
+    for k, refs in references.items(): same_length(ids, refs, "ids", f"references[{k!r}]")
     rows = [dict(id=i, prompt_kind=pk, reference_kind=rk, unit=u, jaccard=jaccard(resp, ref, u, tokenizer))
             for u in units for rk, refs in references.items() for pk, resps in (("original", original), ("pruned", pruned))
             for i, resp, ref in zip(ids, resps, refs)]

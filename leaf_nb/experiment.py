@@ -5,8 +5,7 @@
 # %% ../nbs/08_experiment.ipynb #495267ff
 from __future__ import annotations
 
-import copy, hashlib, json, logging, re, statistics, time
-from collections import Counter
+import copy, hashlib, json, re, statistics, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -15,20 +14,17 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from .core import Config, ModelConfig, check_pair, generate, load_model, load_pretrained, row_name, validate_examples, write_atomic
+from .core import Config, generate, load_model, read_jsonl, row_name, validate_examples, write_atomic, write_jsonl
 from .distill import DistillConfig, TeacherCache, distill, teacher_cache
-from .evaluate import CHECKERS, accuracy_ci, answer_check, check_answers, markdown_table
-from .pruning import STRATEGIES, UNITS, VERIFY_MODES, counterfactual_report, counterfactuals, verified_counterfactuals
-from .saliency import DetectConfig, ThresholdRule, apply_rule, detect, detection_quality, flagged_spans, load_detections
+from .evaluate import answer_check, answer_kinds, check_answers, markdown_table
+from .pruning import UNITS, VERIFY_MODES, counterfactuals, verified_counterfactuals
+from .saliency import DetectConfig, ThresholdRule, detect, detected_spans, load_detections
 from .splitting import segment_rows
-from .world import load_world  # the demo's data and models; importing it registers answer_kind 'world'
+
 
 # %% auto #0
-__all__ = ['MASKS', 'TABLE1', 'WORLD_STUDENT_REFERENCE', 'JOBS', 'Variant', 'ExperimentConfig', 'data_key', 'Stages',
-           'evaluate_model', 'results_frame', 'table1', 'table1_plot', 'ExperimentResult', 'run_experiment',
-           'demo_config', 'demo', 'stage1_report', 'read_rows', 'DetectJob', 'PruneJob', 'DistillJob', 'EvaluateJob',
-           'run_detect_job', 'run_prune_job', 'run_distill_job', 'run_evaluate_job', 'paper_recipe', 'effective_batch',
-           'reproduction_configs', 'pruning_gain']
+__all__ = ['MASKS', 'TABLE1', 'Variant', 'ExperimentConfig', 'data_key', 'Stages', 'evaluate_model', 'results_frame', 'table1',
+           'table1_plot', 'ExperimentResult', 'run_experiment']
 
 # %% ../nbs/08_experiment.ipynb #429178f0
 MASKS = ("gradient", "perplexity", "random")
@@ -67,7 +63,7 @@ def _default_distill() -> DistillConfig:
 @dataclass
 class ExperimentConfig(Config):
     "An end-to-end LeaF run: data, selection and detection, pruning, distillation variants, evaluation."
-    world: str | None = None # a folder written by `save_world` (None: the shipped world); unused when models and data are passed
+    world: str | None = None # the demo's world: a folder written by `save_world` (None: the shipped one); read by `leaf_nb.demo.world_inputs`
     families: tuple = ("math", "code") # the world's task families (benchmarks), or the keys of your data
     n_distill: int | None = None # distillation prompts per family (None: all)
     n_eval: int | None = None # evaluation prompts per family and split (None: all)
@@ -80,7 +76,7 @@ class ExperimentConfig(Config):
     distill: DistillConfig = field(default_factory=_default_distill) # training; each variant sets λ, each seed `seed`
     seeds: tuple = (0,) # one distillation per variant and seed
     top_k: int | None = None # teacher log-probs cached per token (None: the whole vocabulary, exact KL)
-    answer_kind: str | None = None # a registered answer kind (`CHECKERS`: 'math', 'program', 'humaneval', 'world'); None: 'world' on the world's data, else an error
+    answer_kind: str | None = None # the checker of the data's answers, a registered kind (`answer_kinds()`: 'math', 'program', 'humaneval', 'world'); needed to run
     max_new_tokens: int = 64 # generation budget at evaluation (the world's is 48)
     gen_batch_size: int = 256 # prompts per generation pass
 
@@ -95,8 +91,8 @@ class ExperimentConfig(Config):
         if self.strategy not in ("set", "span"): raise ValueError(f"ExperimentConfig.strategy must be 'set' or 'span', got {self.strategy!r}")
         if self.unit not in UNITS: raise ValueError(f"ExperimentConfig.unit must be one of {UNITS}, got {self.unit!r}")
         if self.verify not in VERIFY_MODES: raise ValueError(f"ExperimentConfig.verify must be one of {VERIFY_MODES}, got {self.verify!r}")
-        if self.answer_kind is not None and self.answer_kind not in CHECKERS:
-            raise ValueError(f"ExperimentConfig.answer_kind must be one of {sorted(CHECKERS)} (the registered answer kinds) or None, got {self.answer_kind!r}")
+        if self.answer_kind is not None and self.answer_kind not in answer_kinds():
+            raise ValueError(f"ExperimentConfig.answer_kind must be one of {answer_kinds()} (the registered answer kinds) or None, got {self.answer_kind!r}")
         if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"ExperimentConfig.seeds must be non-negative ints, got {self.seeds!r}")
         for k in ("n_distill", "n_eval", "top_k"):
@@ -120,17 +116,6 @@ def data_key(v: Variant, cfg: ExperimentConfig) -> str:
     return "-".join([("instr" if v.instruction else "orig")] + ([f"resp{v.segments}"] if v.segments else []) + [_rule_key(rule)]
                     + ([strategy] if strategy != "span" else []) + ([v.mask] if v.mask != "gradient" else []))
 
-def _read_jsonl(p: Path) -> list[dict]: return [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
-
-def _write_jsonl(p: Path, rows):
-    p.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(p, "".join(json.dumps(r) + "\n" for r in rows))
-
-def _job_kind(job, field: str = "answer_kind") -> str:
-    "A job's answer kind, which it must name: nothing is inferred for data on disk."
-    kind = getattr(job, field)
-    if kind is None: raise ValueError(f"{type(job).__name__}.{field} is needed to check answers: one of {sorted(CHECKERS)}")
-    return kind
 
 # %% ../nbs/08_experiment.ipynb #7d772fe5
 class Stages:
@@ -158,7 +143,7 @@ class Stages:
 def evaluate_model(
     model, tokenizer,
     splits: Mapping[str, Mapping[str, Sequence[Mapping]]], # family -> split -> rows (with 'answer')
-    kind: str = "world", # the answer checker (see `check_answers`)
+    kind: str, # the answer checker, a registered kind (see `check_answers`)
     max_new_tokens: int = 64,
     batch_size: int = 256,
 ) -> list[dict]:
@@ -239,13 +224,6 @@ class ExperimentResult:
     table: pd.DataFrame # Table 1 in miniature on the headline split (`table1`)
     ran: list # the stages this call computed (the others were finished before and read back)
 
-def _world_inputs(cfg: ExperimentConfig):
-    world = load_world(cfg.world)
-    missing = [f for f in cfg.families if f not in world.splits]
-    if missing: raise ValueError(f"ExperimentConfig.families names {missing}, which the world lacks (it has {list(world.splits)})")
-    data = {f: {s: list(world.splits[f][s]) for s in ("distill", *cfg.eval_splits)} for f in cfg.families}
-    return world.teacher, world.student, world.tokenizer, data
-
 def _check_data(data, cfg: ExperimentConfig) -> dict:
     out = {}
     for f in cfg.families:
@@ -282,57 +260,35 @@ def _check_folder(out: Path, cfg: ExperimentConfig, fingerprint: str):
         write_atomic(path, json.dumps(manifest, indent=1) + "\n")
 
 # %% ../nbs/08_experiment.ipynb #94dd59e2
-def _spans(dets, rule: ThresholdRule, mask: str = "gradient") -> dict:
-    "id -> spans of every detected row: flagged under `rule` (re-thresholded from the stored Δĝ), or as many perplexity or random tokens."
-    out = {}
-    for d in dets:
-        if d["status"] != "flagged": continue
-        f = apply_rule(d, rule)
-        if mask != "gradient":
-            enc = {"context": list(range(len(d["delta"]))), "source": d["context_source"], "offsets": d["context_offsets"]}
-            f["spans"] = flagged_spans(enc, np.asarray(f["ppl_flags" if mask == "perplexity" else "random_flags"], bool))
-        out[d["id"]] = f["spans"]
-    return out
-
 def _dropped(c: Mapping) -> dict: return {k[len("dropped_"):]: n for k, n in c.items() if k.startswith("dropped_")}
 
 def _variant_rows(cfg: ExperimentConfig, v: Variant, f: str, rows, dets, segs: Callable[[int], tuple], build: Callable):
     "The training rows of variant `v` for family `f`, counts of the counterfactuals they hold (kept and dropped, per level), and the verification records."
     rule, strategy = v.threshold or cfg.detect.threshold, v.strategy or cfg.strategy
-    ds, c, recs = build(rows, _spans(dets, rule, v.mask) if v.instruction and not v.kd_only else {}, strategy, None)
+    ds, c, recs = build(rows, detected_spans(dets, rule, v.mask) if v.instruction and not v.kd_only else {}, strategy, None)
     parts, counts = [ds], {"originals": c.get("original", 0), "instruction": c.get(strategy, 0), "response": 0,
                            "dropped": {"instruction": _dropped(c), "response": {}}}
     if v.segments and not v.kd_only:
         seg_rows, seg_dets = segs(v.segments)
-        ds_r, c_r, recs_r = build(seg_rows, _spans(seg_dets, rule, v.mask), strategy, "response")
+        ds_r, c_r, recs_r = build(seg_rows, detected_spans(seg_dets, rule, v.mask), strategy, "response")
         parts.append(ds_r); recs = recs + recs_r
         counts["response"], counts["dropped"]["response"] = c_r.get(strategy, 0), _dropped(c_r)
     return datasets.concatenate_datasets(parts).to_list(), counts, recs
 
 # %% ../nbs/08_experiment.ipynb #23019285
-def _inputs(cfg: ExperimentConfig, teacher, student, tokenizer, data, log) -> tuple:
-    "Models, validated data and the answer kind: the world's when none are given (its kind stated in the log), else the caller's."
-    if (teacher is None) != (student is None) or (teacher is None) != (tokenizer is None):
-        raise ValueError("pass teacher, student and tokenizer together (or none of them, for the world's)")
-    world_data = None
-    if teacher is None:
-        teacher, student, tokenizer, world_data = _world_inputs(cfg)
-        data = world_data if data is None else data
-    elif data is None: raise ValueError("with your own models, pass `data` too: family -> {'distill': rows, <eval split>: rows}")
-    kind = cfg.answer_kind
-    if kind is None:
-        if data is not world_data:
-            raise ValueError(f"with your own models or data, set ExperimentConfig.answer_kind: one of {sorted(CHECKERS)}")
-        kind = "world"
-        if log: log("answers are checked as 'world' (the world's models and data, answer_kind=None)")
-    return teacher, student, tokenizer, _check_data(data, cfg), kind
+def _inputs(cfg: ExperimentConfig, data) -> dict:
+    "The validated data; nothing is inferred: the answer kind must be named."
+    if cfg.answer_kind is None:
+        raise ValueError(f"set ExperimentConfig.answer_kind, the checker of your data's answers: one of {answer_kinds()}")
+    if data is None: raise ValueError("pass `data`: family -> {'distill': rows, <eval split>: rows}")
+    return _check_data(data, cfg)
 
 class _Run:
     "One experiment folder being filled: the models, the data and the stage records, with one method per kind of stage."
-    def __init__(self, cfg: ExperimentConfig, out: Path, teacher, student, tokenizer, data, kind: str, progress: bool, log):
+    def __init__(self, cfg: ExperimentConfig, out: Path, teacher, student, tokenizer, data, progress: bool, log):
         from tqdm.auto import tqdm
-        self.cfg, self.out, self.teacher, self.student, self.tok, self.data, self.kind = cfg, out, teacher, student, tokenizer, data, kind
-        self.fams, self.check, self.verified = cfg.families, answer_check(kind), {}  # candidates shared by training sets are verified once
+        self.cfg, self.out, self.teacher, self.student, self.tok, self.data, self.kind = cfg, out, teacher, student, tokenizer, data, cfg.answer_kind
+        self.fams, self.check, self.verified = cfg.families, answer_check(cfg.answer_kind), {}  # candidates shared by training sets are verified once
         self.parents = {r["id"]: r for f in self.fams for r in data[f]["distill"]}
         self.keys = {data_key(v, cfg): v for v in cfg.variants}
         self.seg_ks = sorted({v.segments for v in cfg.variants if v.segments and not v.kd_only})
@@ -395,15 +351,15 @@ class _Run:
             r, counts[f], recs = _variant_rows(self.cfg, v, f, self.data[f]["distill"], load_detections(self.out / "detect" / f),
                                                lambda k, f=f: self.segments(f, k), self._build)
             rows += r; records += recs
-        if records: _write_jsonl(self.out / "prune" / f"{key}-verification.jsonl", records)
-        _write_jsonl(self.out / "prune" / f"{key}.jsonl", rows)
+        if records: write_jsonl(self.out / "prune" / f"{key}-verification.jsonl", records)
+        write_jsonl(self.out / "prune" / f"{key}.jsonl", rows)
         return counts
 
     def pruning(self) -> dict:
         "One training set per key; returns key -> per-family counts."
         return {key: self.stage(f"prune-{key}", lambda v=v, key=key: self._prune(v, key)) for key, v in self.keys.items()}
 
-    def train_rows(self, key: str) -> list[dict]: return _read_jsonl(self.out / "prune" / f"{key}.jsonl")
+    def train_rows(self, key: str) -> list[dict]: return read_jsonl(self.out / "prune" / f"{key}.jsonl")
 
     def caches(self):
         "The teacher's (top-k) distributions over every training set."
@@ -420,7 +376,7 @@ class _Run:
         def run():
             recs = evaluate_model(model_fn(), self.tok, {f: {s: self.data[f][s] for s in self.cfg.eval_splits} for f in self.fams}, self.kind,
                                   self.cfg.max_new_tokens, self.cfg.gen_batch_size)
-            _write_jsonl(self.out / "eval" / f"{tag}.jsonl", recs)
+            write_jsonl(self.out / "eval" / f"{tag}.jsonl", recs)
             return dict(method=name, seed=seed, accuracy=_accuracies(recs))
         return self.stage(f"evaluate-{tag}", run)
 
@@ -464,319 +420,19 @@ class _Run:
         return ExperimentResult(out, cfg, counts, results, tables[cfg.eval_splits[0]], self.st.ran)
 
 def run_experiment(
-    cfg: ExperimentConfig | None = None,
-    out_dir: str | Path = "leaf_experiment", # every stage writes here; rerunning into it resumes
-    teacher=None, student=None, tokenizer=None, # your models (default: the world's)
-    data: Mapping[str, Mapping[str, Sequence[Mapping]]] | None = None, # family -> {'distill': rows, <eval split>: rows}
+    cfg: ExperimentConfig,
+    out_dir: str | Path, # every stage writes here; rerunning into it resumes
+    teacher, student, tokenizer, # the models (they share the tokenizer)
+    data: Mapping[str, Mapping[str, Sequence[Mapping]]], # family -> {'distill': rows, <eval split>: rows}
     progress: bool = True, # a progress bar over the stages
     log: Callable[[str], None] | None = None, # called with a line per stage (e.g. `print`)
 ) -> ExperimentResult:
     "Selection → detection → pruning (+ response splitting) → teacher cache → distillation variants × seeds → evaluation → report."
-    cfg = cfg or ExperimentConfig()
-    teacher, student, tokenizer, data, kind = _inputs(cfg, teacher, student, tokenizer, data, log)
+    data = _inputs(cfg, data)
     out = Path(out_dir)
     _check_folder(out, cfg, _fingerprint_data(data))
-    run = _Run(cfg, out, teacher, student, tokenizer, data, kind, progress, log)
+    run = _Run(cfg, out, teacher, student, tokenizer, data, progress, log)
     det_counts = run.detection()
     prune_counts = run.pruning()
     run.caches()
     return run.report(det_counts, prune_counts, run.students())
-
-# %% ../nbs/08_experiment.ipynb #1c9f08d7
-WORLD_STUDENT_REFERENCE = "answer : {answer}" # the world's student was trained to answer in one line: its loss target in its own format
-
-def demo_config() -> ExperimentConfig:
-    "The `leaf_nb demo` settings: the shipped world, both families, the Table-1 variants, one seed, 20 epochs of distillation."
-    return ExperimentConfig(detect=DetectConfig(student_reference=WORLD_STUDENT_REFERENCE))
-
-def demo(
-    out_dir: str | Path = "leaf_nb_demo", # the experiment folder (a rerun reads finished stages back)
-    cfg: ExperimentConfig | None = None, # default: `demo_config()`
-    log: Callable[[str], None] = print,
-) -> ExperimentResult:
-    "Run LeaF end to end on the shipped causal world and print Table 1 in miniature."
-    cfg = cfg or demo_config()
-    t0 = time.time()
-    log(f"LeaF on the shipped causal world: families {', '.join(cfg.families)}, variants {', '.join(v.name for v in cfg.variants)}, "
-        f"seeds {list(cfg.seeds)}; writing to {out_dir}")
-    res = run_experiment(cfg, out_dir, progress=False, log=log)
-    for f in cfg.families:
-        c = res.counts[f]
-        log(f"{f}: {c['distill_prompts']} distillation prompts, {c['flagged']} selected (student wrong, teacher right)")
-        for k, v in c["counterfactuals"].items():
-            if k == "originals": continue
-            dropped = Counter()
-            for d in v["dropped"].values(): dropped.update(d)
-            why = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in sorted(dropped.items()))
-            log(f"  {k}: {v['instruction'] + v['response']} counterfactuals kept ({v['instruction']} instruction, {v['response']} response level), "
-                f"{sum(dropped.values())} dropped by verification" + (f" ({why})" if why else ""))
-    log(f"\nAccuracy (%) on {cfg.eval_splits[0]}, every prompt with a distractor decorrelated from its answer:\n")
-    log(markdown_table(res.table))
-    log(f"\nfinished in {time.time() - t0:.0f} s; tables, figure and per-stage records in {out_dir}")
-    return res
-
-# %% ../nbs/08_experiment.ipynb #dfb5000a
-def stage1_report(
-    out_dir: str | Path, # a finished `run_experiment` folder
-    teacher, tokenizer, # the teacher, to re-answer the training counterfactuals
-    rows: Mapping[str, Sequence[Mapping]], # family -> the distillation rows detection ran on, with gold 'confounder_spans'
-    key: str | None = None, # the training set to score (default: the first that holds counterfactuals)
-    max_new_tokens: int = 64,
-    batch_size: int = 256,
-) -> pd.DataFrame:
-    "Per family: detection against gold (gradient, perplexity, random) and the instruction-level counterfactuals training reads."
-    out = Path(out_dir)
-    cfg = ExperimentConfig.from_dict(json.loads((out / "experiment.json").read_text())["config"])
-    keys = [k for k in dict.fromkeys(data_key(v, cfg) for v in cfg.variants) if k != "originals"]
-    if key is None and not keys: raise ValueError(f"{out}: no variant of this run trains on counterfactuals")
-    key = key or keys[0]
-    train = _read_jsonl(out / "prune" / f"{key}.jsonl")
-    check = answer_check(cfg.answer_kind or "world")  # a run without answer_kind ran on the world
-    report = {}
-    for f, fam_rows in rows.items():
-        dets = load_detections(out / "detect" / f)
-        q, qt = detection_quality(dets, fam_rows, cfg.detect.threshold), detection_quality(dets, fam_rows, cfg.detect.threshold, unit="token")
-        ids = {r["id"] for r in fam_rows}
-        cfs = [r for r in train if r["kind"] != "original" and r["level"] == "instruction" and r["parent_id"] in ids]
-        answers = generate(teacher, tokenizer, cfs, max_new_tokens=max_new_tokens, batch_size=batch_size) if cfs else []
-        cell = {f"{m} {k}": q[m][k] for m in q for k in ("precision", "auroc")}
-        cell.update({f"{m} auroc (per token)": qt[m]["auroc"] for m in qt})
-        cell["teacher_correct"] = float(np.mean([check(r, a) for r, a in zip(cfs, answers)])) if cfs else float("nan")
-        cell.update(counterfactual_report(cfs, fam_rows, [d["id"] for d in dets if d["status"] == "flagged"]))
-        report[f] = cell
-    return pd.DataFrame(report)
-
-# %% ../nbs/08_experiment.ipynb #e0fa1228
-def read_rows(path: str | Path) -> list[dict]:
-    "Rows from a `.jsonl` or `.json` file (a list of objects) or a `datasets.save_to_disk` folder."
-    p = Path(path)
-    if p.is_dir(): return datasets.load_from_disk(str(p)).to_list()
-    if not p.is_file(): raise FileNotFoundError(f"no data at {p}: give a .jsonl or .json file or a datasets folder")
-    if p.suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(p.read_text().splitlines(), 1):
-            if not line.strip(): continue
-            try: rows.append(json.loads(line))
-            except json.JSONDecodeError as e: raise ValueError(f"{p}, line {i}: not valid JSON ({e.msg})") from None
-            if not isinstance(rows[-1], dict): raise ValueError(f"{p}, line {i}: each line must be a JSON object")
-        return rows
-    if p.suffix == ".json":
-        rows = json.loads(p.read_text())
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows): raise ValueError(f"{p} must hold a JSON list of objects")
-        return rows
-    raise ValueError(f"{p}: unknown data format {p.suffix!r}; use .jsonl, .json or a datasets folder")
-
-def _start_job(job: Config, out: str | Path, finished: Callable[[Path], bool]) -> Path:
-    "Save the job's config in its folder. A folder holding finished work (`finished(out)`) keeps its config: a rerun must match it; one without takes the new config."
-    out = Path(out)
-    saved = out / "job.json"
-    if saved.is_file() and type(job).load(saved) != job:
-        if finished(out): raise ValueError(f"{out} holds a {type(job).__name__} with other settings ({saved}) and its results; use a new folder")
-        logging.getLogger("leaf_nb").info(f"{out}: no finished work under the earlier {type(job).__name__}; its config is replaced")
-    job.save(saved)
-    return out
-
-# %% ../nbs/08_experiment.ipynb #2355a0f2
-@dataclass
-class DetectJob(Config):
-    "`leaf_nb detect`: selection and confounder detection over a dataset on disk."
-    teacher: ModelConfig
-    student: ModelConfig
-    data: str # rows ('id', 'instruction', 'response', 'answer'): .jsonl, .json or a datasets folder
-    out: str # shards, the rows detection ran on (rows.jsonl) and this config (job.json)
-    detect: DetectConfig = None
-    segments: int = 0 # k >= 2: split each response into k segments and detect in each segment's context (response level)
-    answer_kind: str | None = None # checker for selection and for verification in `prune`: a registered kind (`CHECKERS`)
-
-    def __post_init__(self):
-        if self.detect is None: self.detect = DetectConfig()
-        if self.segments != 0 and (not isinstance(self.segments, int) or self.segments < 2):
-            raise ValueError(f"DetectJob.segments must be 0 or an int >= 2, got {self.segments!r}")
-        if self.answer_kind is not None and self.answer_kind not in CHECKERS:
-            raise ValueError(f"DetectJob.answer_kind must be one of {sorted(CHECKERS)}, got {self.answer_kind!r}")
-
-@dataclass
-class PruneJob(Config):
-    "`leaf_nb prune`: originals plus counterfactuals from a `detect` folder."
-    detections: str # a `leaf_nb detect` output folder
-    out: str # rows.jsonl (originals and counterfactuals), counts.json, job.json
-    strategy: str = "span" # 'set', 'span' or 'both'
-    threshold: ThresholdRule | None = None # re-threshold the stored Δĝ (None: the rule detection used)
-    unit: str = "clause" # snap flagged spans to whole 'clause's, 'word's or 'token's
-    verify: str = "both" # re-ask the detect job's models: keep what 'both' (or the 'teacher') answer correctly; 'off': keep all
-
-    def __post_init__(self):
-        if self.strategy not in STRATEGIES: raise ValueError(f"PruneJob.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.unit not in UNITS: raise ValueError(f"PruneJob.unit must be one of {UNITS}, got {self.unit!r}")
-        if self.verify not in VERIFY_MODES: raise ValueError(f"PruneJob.verify must be one of {VERIFY_MODES}, got {self.verify!r}")
-
-@dataclass
-class DistillJob(Config):
-    "`leaf_nb distill`: LeaF's hybrid-loss distillation on `prune` outputs (run it under `accelerate launch` for several GPUs)."
-    teacher: ModelConfig
-    student: ModelConfig
-    data: tuple # one or more `prune` folders or row files; their rows are trained on together
-    out: str # checkpoints, model/, history.json, distill_config.json, job.json
-    distill: DistillConfig = None
-
-    def __post_init__(self):
-        if self.distill is None: self.distill = DistillConfig()
-        self.data = (self.data,) if isinstance(self.data, str) else tuple(self.data)
-        if not self.data: raise ValueError("DistillJob.data must name at least one dataset")
-
-@dataclass
-class EvaluateJob(Config):
-    "`leaf_nb evaluate`: greedy responses and their accuracy, with a bootstrap interval."
-    model: ModelConfig
-    data: str # rows with 'instruction' and 'answer' (or HumanEval problems)
-    out: str # records.jsonl, accuracy.json, job.json
-    answer_kind: str | None = None # a registered kind (`CHECKERS`); needed
-    max_new_tokens: int = 64
-    batch_size: int = 32
-
-    def __post_init__(self):
-        if self.answer_kind not in CHECKERS: raise ValueError(f"EvaluateJob.answer_kind must be one of {sorted(CHECKERS)}, got {self.answer_kind!r}")
-        for k in ("max_new_tokens", "batch_size"):
-            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1: raise ValueError(f"EvaluateJob.{k} must be a positive int")
-
-JOBS = {"detect": DetectJob, "prune": PruneJob, "distill": DistillJob, "evaluate": EvaluateJob}
-
-# %% ../nbs/08_experiment.ipynb #746f073f
-def run_detect_job(job: DetectJob, progress: bool = True) -> dict:
-    "Load both models, (split the responses,) detect; returns the status counts."
-    check = answer_check(_job_kind(job)) if job.detect.select and not job.segments else None  # response level never selects
-    rows = validate_examples(read_rows(job.data))  # inputs first: a job that fails here writes nothing
-    teacher, tok = load_pretrained(job.teacher)
-    student, s_tok = load_pretrained(job.student)
-    check_pair(tok, s_tok, teacher, student)
-    out = _start_job(job, job.out, lambda o: any((o / "detections").glob("shard-*.jsonl")))
-    cfg = job.detect
-    if job.segments:
-        rows = segment_rows(rows, job.segments, tok)
-        cfg = DetectConfig.from_dict({**cfg.to_dict(), "select": False, "reference": "response", "student_reference": None})
-    _write_jsonl(out / "rows.jsonl", rows)
-    ds = detect(teacher, student, tok, rows, out / "detections", cfg, check=check, progress=progress)
-    return {k: ds["status"].count(k) for k in ("flagged", "not_selected", "nonfinite")}
-
-def run_prune_job(job: PruneJob) -> dict:
-    "Counterfactuals from a detect folder, verified with the detect job's models: writes rows.jsonl, counts.json and verification.jsonl; returns the counts."
-    src = Path(job.detections)
-    if not (src / "rows.jsonl").is_file(): raise FileNotFoundError(f"{src} is not a `leaf_nb detect` folder (rows.jsonl is missing)")
-    rows, dets = _read_jsonl(src / "rows.jsonl"), load_detections(src / "detections")
-    if len(dets) != len(rows): raise ValueError(f"{src}: {len(dets)} detections for {len(rows)} rows; finish `leaf_nb detect` first")
-    out = _start_job(job, job.out, lambda o: (o / "rows.jsonl").is_file())
-    spans = _spans(dets, job.threshold) if job.threshold else dets
-    if job.verify == "off": ds, counts = counterfactuals(rows, spans, strategy=job.strategy, unit=job.unit)
-    else:
-        det = DetectJob.load(src / "job.json")
-        teacher, tok = load_pretrained(det.teacher)
-        student, _ = load_pretrained(det.student)
-        ds, counts, records = verified_counterfactuals(
-            teacher, student, tok, rows, spans, answer_check(_job_kind(det)), job.verify, job.strategy, job.unit,
-            max_new_tokens=det.detect.max_new_tokens, batch_size=det.detect.gen_batch_size,
-            system_prompt=det.detect.system_prompt, template=det.detect.template)
-        _write_jsonl(out / "verification.jsonl", records)
-    _write_jsonl(out / "rows.jsonl", ds.to_list())
-    write_atomic(out / "counts.json", json.dumps(counts, indent=1) + "\n")
-    return counts
-
-def _job_rows(path: str) -> list[dict]:
-    p = Path(path)
-    return _read_jsonl(p / "rows.jsonl") if (p / "rows.jsonl").is_file() else read_rows(p)
-
-def run_distill_job(job: DistillJob, progress: bool = True) -> Path:
-    "Distil as the job says; returns the folder of the trained model."
-    rows, seen = [], set()
-    for path in job.data:
-        for r in _job_rows(path):
-            if r["id"] in seen: continue  # originals shared by instruction- and response-level sets
-            seen.add(r["id"]); rows.append(r)
-    student, tok = load_pretrained(job.student)
-    teacher, t_tok = load_pretrained(job.teacher)
-    out = _start_job(job, job.out, lambda o: (o / "model").exists() or any(o.glob("checkpoint-*")))
-    res = distill(student, tok, rows, out, job.distill, teacher=teacher, teacher_tokenizer=t_tok, progress=progress)
-    return res.out_dir / "model"
-
-def run_evaluate_job(job: EvaluateJob, progress: bool = True) -> dict:
-    "Generate, check and write records.jsonl and accuracy.json; returns the accuracy with its interval."
-    rows = read_rows(job.data)
-    model, tok = load_pretrained(job.model)
-    out = _start_job(job, job.out, lambda o: (o / "records.jsonl").is_file())
-    responses = generate(model, tok, rows, max_new_tokens=job.max_new_tokens, batch_size=job.batch_size, progress=progress)
-    ok = check_answers(rows, responses, job.answer_kind)
-    _write_jsonl(out / "records.jsonl", [dict(id=r.get("id"), response=s, correct=bool(c)) for r, s, c in zip(rows, responses, ok)])
-    ci = accuracy_ci(ok)
-    res = dict(accuracy=ci.acc, low=ci.low, high=ci.high, n=ci.n)
-    write_atomic(out / "accuracy.json", json.dumps(res, indent=1) + "\n")
-    return res
-
-# %% ../nbs/08_experiment.ipynb #effcb50f
-def paper_recipe(
-    data_dir: str = "data", # holds train.jsonl (distillation prompts with responses) and test.jsonl
-    out_dir: str = "runs/leaf-llama", # where the jobs write
-    num_processes: int = 8, # GPUs for `accelerate launch` (64 examples per step in all)
-) -> dict[str, Config]:
-    "The paper's LLaMA math setting as leaf_nb jobs (1B student, 70B teacher, τ = 0.10 / 0.15, 3 epochs at lr 1e-5)."
-    if 64 % num_processes: raise ValueError(f"num_processes must divide the paper's batch of 64, got {num_processes}")
-    teacher = ModelConfig("meta-llama/Llama-3.3-70B-Instruct", dtype="bfloat16", device="cuda")
-    student = ModelConfig("meta-llama/Llama-3.2-1B-Instruct", dtype="bfloat16", device="cuda")
-    det = lambda tau: DetectConfig(threshold=ThresholdRule("tau", tau=tau), batch_size=4, gen_batch_size=16, max_new_tokens=1024,
-                                   overflow="truncate")
-    train = DistillConfig(lam=0.5, lr=1e-5, lr_scheduler="cosine", epochs=3, batch_size=64 // num_processes, bf16=True,
-                          teacher="cache", top_k=64, max_length=4096, overflow="truncate", save_steps=500)
-    return {"detect-instr": DetectJob(teacher, student, f"{data_dir}/train.jsonl", f"{out_dir}/detect-instr", det(0.10), answer_kind="math"),
-            "detect-resp": DetectJob(teacher, student, f"{data_dir}/train.jsonl", f"{out_dir}/detect-resp", det(0.15), segments=2,
-                                     answer_kind="math"),
-            "prune-instr": PruneJob(f"{out_dir}/detect-instr", f"{out_dir}/prune-instr"),
-            "prune-resp": PruneJob(f"{out_dir}/detect-resp", f"{out_dir}/prune-resp"),
-            "distill": DistillJob(teacher, student, (f"{out_dir}/prune-instr", f"{out_dir}/prune-resp"), f"{out_dir}/distill", train),
-            "evaluate": EvaluateJob(ModelConfig(f"{out_dir}/distill/model", dtype="bfloat16", device="cuda"), f"{data_dir}/test.jsonl",
-                                    f"{out_dir}/evaluate", answer_kind="math", max_new_tokens=1024, batch_size=64)}
-
-def effective_batch(job: DistillJob, num_processes: int = 1) -> int:
-    "Originals per optimiser step: per-device batch × gradient accumulation × processes."
-    if not isinstance(num_processes, int) or num_processes < 1: raise ValueError(f"num_processes must be a positive int, got {num_processes!r}")
-    return job.distill.batch_size * job.distill.grad_accum * num_processes
-
-# %% ../nbs/08_experiment.ipynb #52751b77
-def reproduction_configs() -> dict[str, ExperimentConfig]:
-    "The runs behind the reproduction: 'main' (Table 1 and Fig. 7, seeds 0–2) and 'sweeps' (Figs. 6, 8–9, set vs span; seed 0)."
-    tau = lambda t: ThresholdRule("tau", tau=t)
-    det = DetectConfig(threshold=tau(0.1), student_reference=WORLD_STUDENT_REFERENCE)  # the paper's rule, per token
-    main = ExperimentConfig(detect=det, seeds=(0, 1, 2), variants=TABLE1 + (Variant("LeaF (instr & resp, 3 segments)", segments=3),))
-    sweeps = ExperimentConfig(detect=det, seeds=(0,), variants=(
-        Variant("LeaF (instr), PPL mask", mask="perplexity"), Variant("LeaF (instr), random mask", mask="random"),
-        Variant("LeaF (instr), set pruning", strategy="set"),
-        *(Variant(f"LeaF (instr), τ = {t}", threshold=tau(t)) for t in (0.05, 0.15, 0.2)),
-        *(Variant(f"LeaF (instr & resp), τ = {t}", segments=2, threshold=tau(t)) for t in (0.05, 0.15, 0.2))))
-    return {"main": main, "sweeps": sweeps}
-
-# %% ../nbs/08_experiment.ipynb #cb33752d
-def pruning_gain(
-    result: ExperimentResult, # a finished run: its detections and training sets are read from its folder
-    model, tokenizer, # the model to re-ask (the undistilled student, for Fig. 1)
-    rows: Mapping[str, Sequence[Mapping]], # family -> the distillation rows detection ran on
-    data_keys: Mapping[str, str], # column name -> training-set key whose counterfactuals to use, e.g. {'span': 'instr-tau0.1'}
-    folders: Mapping[str, Path] | None = None, # column name -> another run's folder holding that key (default: `result`'s)
-    gold: Callable[[Mapping], Mapping] | None = None, # row -> the row with its gold confounder removed (adds a 'gold' column)
-    max_new_tokens: int = 64,
-) -> pd.DataFrame:
-    "Accuracy of `model` on the selected prompts (student wrong, teacher right) after pruning them, per family."
-    check = answer_check(result.config.answer_kind or "world")  # a run without answer_kind ran on the world
-    out = {}
-    for f, fam_rows in rows.items():
-        dets = load_detections(result.out_dir / "detect" / f)
-        sel = [d["id"] for d in dets if d["status"] == "flagged"]
-        by_id, cell = {r["id"]: r for r in fam_rows}, {"selected": len(sel)}
-        for col, key in data_keys.items():
-            cf = [r for r in _read_jsonl(Path((folders or {}).get(col, result.out_dir)) / "prune" / f"{key}.jsonl")
-                  if r["kind"] != "original" and r["level"] == "instruction" and r["parent_id"] in set(sel)]
-            answers = generate(model, tokenizer, cf, max_new_tokens=max_new_tokens, batch_size=256) if cf else []
-            fixed = {r["parent_id"] for r, a in zip(cf, answers) if check(by_id[r["parent_id"]], a)}
-            cell[col] = len(fixed) / max(1, len(sel))
-        if gold is not None:
-            cut = [gold(by_id[i]) for i in sel]
-            answers = generate(model, tokenizer, cut, max_new_tokens=max_new_tokens, batch_size=256) if cut else []
-            cell["gold"] = sum(check(by_id[i], a) for i, a in zip(sel, answers)) / max(1, len(sel))
-        out[f] = cell
-    return pd.DataFrame(out).T

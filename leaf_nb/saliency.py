@@ -14,7 +14,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import datasets
 import numpy as np
@@ -28,8 +28,8 @@ from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, check_pair, clau
 __all__ = ['RULES', 'RULE_UNITS', 'frozen', 'saliency_batch', 'saliency_encoding', 'Saliency', 'input_saliency', 'minmax',
            'normalised_diff', 'ThresholdRule', 'slider_rule', 'flagged_spans', 'row_seed', 'random_flags',
            'top_k_flags', 'token_surprisal', 'select_instances', 'DetectConfig', 'apply_rule', 'context_clauses',
-           'load_detections', 'detect', 'auroc', 'gold_token_labels', 'clause_groups', 'detection_quality',
-           'render_threshold', 'threshold_widget']
+           'detected_spans', 'load_detections', 'detect', 'auroc', 'gold_token_labels', 'clause_groups',
+           'detection_quality', 'render_threshold', 'threshold_widget']
 
 # %% ../nbs/02_saliency.ipynb #42c9aeb3
 @contextlib.contextmanager
@@ -406,6 +406,23 @@ def _detect_shard(teacher, student, tokenizer, rows, cfg, check, ids):
             o.update(status="nonfinite", delta=[0.0] * len(e["context"]), surprisal=[0.0] * len(e["context"])); continue
         o["delta"] = normalised_diff(st.scores, ss.scores).tolist()
         o.update(apply_rule(o, cfg.threshold, cfg.seed))
+    return out
+
+def detected_spans(
+    detections: Iterable[Mapping], # `detect`'s rows (those not flagged are skipped)
+    rule: ThresholdRule, # re-threshold the stored Δĝ with this rule
+    mask: str = "gradient", # 'gradient' (the rule's spans), or as many 'perplexity' or 'random' units
+) -> dict[str, dict]:
+    "Row id -> spans to prune ({'instruction': [...], 'response': [...]}) of every flagged row, under `rule` or one of its baselines."
+    if mask not in ("gradient", "perplexity", "random"): raise ValueError(f"mask must be 'gradient', 'perplexity' or 'random', got {mask!r}")
+    out = {}
+    for d in detections:
+        if d["status"] != "flagged": continue
+        f = apply_rule(d, rule)
+        if mask != "gradient":
+            enc = {"context": list(range(len(d["delta"]))), "source": d["context_source"], "offsets": d["context_offsets"]}
+            f["spans"] = flagged_spans(enc, np.asarray(f["ppl_flags" if mask == "perplexity" else "random_flags"], bool))
+        out[d["id"]] = f["spans"]
     return out
 
 # %% ../nbs/02_saliency.ipynb #31dd880a

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from leaf_nb.core import generate, toy_tokenizer
-from leaf_nb.evaluate import (AccuracyCI, SandboxConfig, accuracy_ci, accuracy_table, check_answers, check_humaneval,
+from leaf_nb.evaluate import (AccuracyCI, accuracy_ci, accuracy_table, check_answers, check_humaneval,
                               check_program_output, extract_code, generate_responses, humaneval_problems,
                               humaneval_program, jaccard, jaccard_frame, jaccard_summary, markdown_table, math_correct,
                               report_table, unit_set)
+from leaf_nb.sandbox import SandboxConfig
 from leaf_nb.world import is_correct, load_world, remove_gold
 
 torch.set_num_threads(1)
@@ -239,3 +240,13 @@ def test_fig10_on_the_world_rises_after_pruning(world):
     mean = jaccard_summary(frame)["mean"]
     for ref in ("teacher", "gold"):
         assert mean[ref, "word", "pruned"] > mean[ref, "word", "original"] + 0.03
+
+
+def test_declared_answer_kind_registers_on_first_use():
+    "An answer kind declared as an entry point ('world') works without importing its module first."
+    import subprocess, sys
+    code = ("import sys; from leaf_nb.evaluate import answer_check, answer_kinds\n"
+            "assert 'world' in answer_kinds() and 'leaf_nb.world' not in sys.modules\n"
+            "assert answer_check('world')({'answer': '3'}, 'answer : 3') and 'leaf_nb.world' in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -16,10 +16,11 @@ WORKER = textwrap.dedent("""
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error(); hf_logging.disable_progress_bar()
     from leaf_nb.distill import DistillConfig
+    from leaf_nb.demo import world_inputs
     from leaf_nb.experiment import ExperimentConfig, run_experiment
-    cfg = ExperimentConfig(n_distill=24, n_eval=12, seeds=(0, 1),
+    cfg = ExperimentConfig(n_distill=24, n_eval=12, seeds=(0, 1), answer_kind="world",
                            distill=DistillConfig(lr=3e-3, max_steps=6, batch_size=8, logging_steps=2, save_steps=3))
-    run_experiment(cfg, sys.argv[1], progress=False)
+    run_experiment(cfg, sys.argv[1], *world_inputs(cfg), progress=False)
 """)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -98,7 +99,7 @@ def test_console_script_errors(tmp_path):
 
 def test_paper_recipe_configs(tmp_path):
     from leaf_nb.cli import main
-    from leaf_nb.experiment import DistillJob, effective_batch
+    from leaf_nb.jobs import DistillJob, effective_batch
     lines = []
     assert main(["template", "paper", "--out", str(tmp_path)], out=lines.append) == 0
     job = DistillJob.load(tmp_path / "distill.json")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from leaf_nb.evaluate import (SandboxConfig, SandboxResult, run_sandboxed, run_sandboxed_many, sandbox_read_paths)
+from leaf_nb.sandbox import (SandboxConfig, SandboxResult, run_sandboxed, run_sandboxed_many, sandbox_read_paths)
 
 torch.set_num_threads(1)
 LINUX = sys.platform.startswith("linux")
