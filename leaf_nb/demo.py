@@ -7,23 +7,25 @@ from __future__ import annotations
 
 import json, time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .core import generate, read_jsonl
+from .core import generate, read_jsonl, write_atomic
+from .core import Config
 from .evaluate import answer_check, markdown_table
 from .experiment import TABLE1, ExperimentConfig, ExperimentResult, Variant, data_key, run_experiment
 from .pruning import counterfactual_report
 from .saliency import DetectConfig, ThresholdRule, detection_quality, load_detections
-from .world import load_world  # registers answer_kind 'world'
+from .distill import optimizer_steps
+from .world import TaskConfig, load_world, make_examples, with_teacher_responses  # registers answer_kind 'world'
 
 # %% auto #0
-__all__ = ['WORLD_STUDENT_REFERENCE', 'world_inputs', 'demo_config', 'demo', 'stage1_report', 'reproduction_configs',
-           'pruning_gain']
+__all__ = ['WORLD_STUDENT_REFERENCE', 'world_inputs', 'demo_config', 'demo', 'stage1_report', 'distill_corpus', 'RegimeConfig',
+           'regime_cell', 'regime_map', 'regime_table', 'regime_heatmap', 'reproduction_configs', 'pruning_gain']
 
 # %% ../nbs/08c_demo.ipynb #10c318ae
 def world_inputs(cfg: ExperimentConfig) -> tuple:
@@ -31,7 +33,7 @@ def world_inputs(cfg: ExperimentConfig) -> tuple:
     world = load_world(cfg.world)
     missing = [f for f in cfg.families if f not in world.splits]
     if missing: raise ValueError(f"ExperimentConfig.families names {missing}, which the world lacks (it has {list(world.splits)})")
-    data = {f: {s: list(world.splits[f][s]) for s in ("distill", *cfg.eval_splits)} for f in cfg.families}
+    data = {f: {s: list(world.splits[f][s]) for s in cfg.splits} for f in cfg.families}
     return world.teacher, world.student, world.tokenizer, data
 
 # %% ../nbs/08c_demo.ipynb #1c9f08d7
@@ -98,6 +100,126 @@ def stage1_report(
         cell.update(counterfactual_report(cfs, fam_rows, [d["id"] for d in dets if d["status"] == "flagged"]))
         report[f] = cell
     return pd.DataFrame(report)
+
+# %% ../nbs/08c_demo.ipynb #270e74e4
+def distill_corpus(
+    world, # a `World`
+    family: str, # 'math' or 'code'
+    spurious_rate: float, # P(a distractor's number equals the answer) in this corpus
+    n: int | None = None, # prompts (default: the world's `n_distill`)
+) -> list[dict]:
+    "Distillation prompts of `family` drawn at `spurious_rate`, answered by the world's teacher; at the world's own rate, its shipped corpus."
+    task, n = world.config.distill_task, n or world.config.n_distill
+    if spurious_rate == task.spurious_rate and n <= world.config.n_distill: return list(world.splits[family]["distill"])[:n]
+    cfg = TaskConfig.from_dict({**task.to_dict(), "spurious_rate": spurious_rate})
+    rows = make_examples(family, n, world.config.seed, cfg, split="distill", stream=f"distill-spurious{spurious_rate}")
+    return with_teacher_responses(world.teacher, world.tokenizer, rows, world.config.max_new_tokens)
+
+# %% ../nbs/08c_demo.ipynb #bb63dabe
+@dataclass
+class RegimeConfig(Config):
+    "The grid of the regime map; each (spurious rate, epochs, selection) is one `run_experiment`."
+    spurious_rates: tuple = (0.5, 0.75, 0.9, 1.0) # of the distillation corpus
+    epochs: tuple = (2.0, 6.0, 20.0) # training budgets (KD's optimiser steps follow; mixed runs take more, and KD matches them)
+    masks: tuple = ("gradient", "gold", "random") # which spans LeaF prunes
+    protocols: tuple = ("paired", "mixed")
+    selections: tuple = ("student_wrong", "teacher_right") # which distillation rows get counterfactuals
+    seeds: tuple = (0,)
+    n_distill: int | None = None # distillation prompts per family (None: the world's)
+    n_eval: int | None = None # validation and test prompts per family (None: all)
+    evals: int = 8 # validation scores per run (every KD steps / evals optimiser steps)
+    experiment: ExperimentConfig = None # everything else (default: `demo_config()` with `val_split='validation'`)
+
+    def __post_init__(self):
+        if self.experiment is None: self.experiment = replace(demo_config(), val_split="validation", variants=TABLE1[:1])
+        for k in ("spurious_rates", "epochs", "masks", "protocols", "selections", "seeds"):
+            setattr(self, k, tuple(getattr(self, k)))
+            if not getattr(self, k): raise ValueError(f"RegimeConfig.{k} must not be empty")
+        if any(not 0 <= r <= 1 for r in self.spurious_rates): raise ValueError(f"RegimeConfig.spurious_rates must lie in [0, 1], got {self.spurious_rates}")
+        if not isinstance(self.evals, int) or self.evals < 1: raise ValueError(f"RegimeConfig.evals must be a positive int, got {self.evals!r}")
+
+def _regime_variants(rc: RegimeConfig) -> tuple:
+    "KD w/o mask; LeaF per protocol and mask; for every mixed LeaF, KD at its steps."
+    out = [Variant("KD w/o mask", lam=1.0, instruction=False)]
+    for p in rc.protocols:
+        for m in rc.masks:
+            out.append(Variant(f"LeaF {p} {m}", protocol=p, mask=m))
+            if p == "mixed": out.append(Variant(f"KD, steps of LeaF {p} {m}", lam=1.0, instruction=False, steps_of=f"LeaF {p} {m}"))
+    return tuple(out)
+
+def regime_cell(rc: RegimeConfig, spurious_rate: float, epochs: float, selection: str, kd_steps: int) -> ExperimentConfig:
+    "The experiment of one cell of the map."
+    e = rc.experiment
+    dcfg = replace(e.distill, epochs=epochs, max_steps=-1, eval_steps=max(1, kd_steps // rc.evals))
+    return replace(e, detect=replace(e.detect, selection=selection), variants=_regime_variants(rc), distill=dcfg, seeds=rc.seeds,
+                   n_distill=rc.n_distill, n_eval=rc.n_eval, val_split=e.val_split or "validation")
+
+# %% ../nbs/08c_demo.ipynb #af41199d
+def _cell_rows(res: ExperimentResult, rc: RegimeConfig, cell: dict) -> list[dict]:
+    "LeaF − KD at equal steps, per LeaF variant and seed, on the headline split (average over families)."
+    split = res.config.eval_splits[0]
+    acc = res.results[res.results.split == split].groupby(["method", "seed"]).acc.mean()
+    steps = res.training.set_index(["method", "seed"]).steps
+    out = []
+    for p in rc.protocols:
+        for m in rc.masks:
+            leaf, kd = f"LeaF {p} {m}", "KD w/o mask" if p == "paired" else f"KD, steps of LeaF {p} {m}"
+            for s in rc.seeds:
+                out.append(dict(cell, protocol=p, mask=m, seed=s, steps=int(steps[(leaf, s)]), kd_steps=int(steps[(kd, s)]),
+                                leaf=100 * acc[(leaf, s)], kd=100 * acc[(kd, s)], delta=100 * (acc[(leaf, s)] - acc[(kd, s)])))
+    return out
+
+def regime_map(
+    rc: RegimeConfig,
+    out_dir: str | Path, # one folder per cell (a rerun resumes every finished stage)
+    world=None, # default: the shipped world
+    log: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    "Run every cell of the map; one row per (cell, protocol, mask, seed): LeaF's and KD's accuracy at equal steps and their difference."
+    world = world or load_world(rc.experiment.world)
+    fams, rows = rc.experiment.families, []
+    for r in rc.spurious_rates:
+        corpus = {f: distill_corpus(world, f, r, rc.n_distill) for f in fams}
+        for sel in rc.selections:
+            for ep in rc.epochs:
+                kd_steps = optimizer_steps(sum(len(c) for c in corpus.values()), replace(rc.experiment.distill, epochs=ep, max_steps=-1))
+                cfg = regime_cell(rc, r, ep, sel, kd_steps)
+                data = {f: {"distill": corpus[f], **{s: list(world.splits[f][s]) for s in cfg.splits[1:]}} for f in fams}
+                name = f"spurious{r}-epochs{ep:g}-{sel}"
+                if log: log(f"[regime] {name}")
+                res = run_experiment(cfg, Path(out_dir) / name, world.teacher, world.student, world.tokenizer, data, progress=False)
+                rows += _cell_rows(res, rc, dict(spurious_rate=r, epochs=ep, selection=sel))
+    frame = pd.DataFrame(rows)
+    write_atomic(Path(out_dir) / "regime.json", frame.to_json(orient="records", indent=1) + "\n")
+    return frame
+
+# %% ../nbs/08c_demo.ipynb #e1386fec
+def regime_table(frame: pd.DataFrame) -> pd.DataFrame:
+    "LeaF − KD at equal steps (points), mean ± std over seeds, per cell, protocol and mask."
+    keys = ["selection", "protocol", "mask", "spurious_rate", "epochs"]
+    g = frame.groupby(keys).delta
+    t = pd.DataFrame({"LeaF − KD": g.mean(), "sd": g.std(), "seeds": g.size(), "LeaF": frame.groupby(keys).leaf.mean(),
+                      "KD": frame.groupby(keys).kd.mean(), "steps": frame.groupby(keys).steps.mean()})
+    return t.round(1)
+
+def regime_heatmap(frame: pd.DataFrame, selection: str | None = None, figsize=None):
+    "Heatmaps of LeaF − KD at equal steps: spurious rate × epochs, one panel per protocol and mask; cells annotated with mean (± sd)."
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    f = frame if selection is None else frame[frame.selection == selection]
+    if f.empty: raise ValueError(f"no rows for selection {selection!r}")
+    panels = list(dict.fromkeys(zip(f.protocol, f["mask"])))
+    fig, axes = plt.subplots(1, len(panels), figsize=figsize or (3.2 * len(panels), 3), squeeze=False)
+    lim = max(1.0, float(f.groupby(["protocol", "mask", "spurious_rate", "epochs"]).delta.mean().abs().max()))
+    for ax, (p, m) in zip(axes[0], panels):
+        g = f[(f.protocol == p) & (f["mask"] == m)].groupby(["spurious_rate", "epochs"]).delta
+        mean, sd = g.mean().unstack(), g.std().unstack()
+        note = mean.map(lambda v: f"{v:+.1f}") + sd.map(lambda v: "" if pd.isna(v) else f"\n±{v:.1f}")
+        sns.heatmap(mean, annot=note, fmt="", cmap="RdBu", vmin=-lim, vmax=lim, cbar=ax is axes[0][-1], ax=ax)
+        ax.set(title=f"{p}, {m}", xlabel="epochs", ylabel="spurious rate" if ax is axes[0][0] else "")
+    fig.suptitle("LeaF − KD at equal steps (points, test)" + (f", selection {selection}" if selection else ""), fontsize=10)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/08c_demo.ipynb #52751b77
 def reproduction_configs() -> dict[str, ExperimentConfig]:

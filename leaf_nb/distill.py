@@ -5,28 +5,31 @@
 # %% ../nbs/05_distill.ipynb #4203c2ab
 from __future__ import annotations
 
-import json, random, re, shutil, warnings
+import json, math, random, re, shutil, warnings
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import datasets
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from .core import Config, check_pair, fingerprint, length_batches, load_model, logit_rows, trunk_and_head, write_atomic
+from .core import (Config, check_pair, fingerprint, length_batches, load_model, logit_rows, read_jsonl, trunk_and_head, write_atomic,
+                          write_jsonl)
 from .saliency import saliency_encoding
 
 # %% auto #0
-__all__ = ['TAIL_EPS', 'CHUNK_LOGITS', 'CACHE_FILE', 'target_positions', 'kl_full', 'kl_topk', 'chunked_token_kl',
-           'student_states', 'teacher_states', 'hybrid_kd_loss', 'pair_rows', 'DistillConfig', 'GroupDataset',
-           'PairCollator', 'TeacherCache', 'teacher_cache', 'LeafTrainer', 'DistillResult', 'distill']
+__all__ = ['TAIL_EPS', 'CHUNK_LOGITS', 'PROTOCOLS', 'CACHE_FILE', 'CURVE_FILE', 'BEST_FILE', 'target_positions', 'kl_full',
+           'kl_topk', 'chunked_token_kl', 'student_states', 'teacher_states', 'hybrid_kd_loss', 'pair_rows',
+           'training_groups', 'DistillConfig', 'optimizer_steps', 'GroupDataset', 'PairCollator', 'TeacherCache',
+           'teacher_cache', 'LeafTrainer', 'DistillResult', 'distill', 'curves_plot']
 
 # %% ../nbs/05_distill.ipynb #631e5aa3
 def target_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +169,7 @@ def hybrid_kd_loss(
     student, # the student (possibly wrapped by DDP/peft)
     batch: Mapping, # `PairCollator` output: input_ids, attention_mask, labels, is_cf (+ topk_ids, topk_logp from a cache)
     teacher=None, # an online teacher (when the batch carries no cached top-k)
-    lam: float = 0.5, # weight of the original-prompt term; 1 - lam goes to the counterfactual term
+    lam: float | None = 0.5, # weight of the original-prompt term, 1 - lam the counterfactual one; None: the originals' share of the target tokens
     temperature: float = 1.0,
     ce_weight: float = 0.0, # weight of an extra cross-entropy term on the original rows' responses
     chunk_size: int | None = None, # positions per KL chunk (None: `CHUNK_LOGITS` logits per chunk)
@@ -174,7 +177,7 @@ def hybrid_kd_loss(
     divisors: tuple[float, float] | None = None, # token counts (original, counterfactual) each term is divided by; default: this batch's
 ) -> tuple[torch.Tensor, dict]:
     "L = λ·KL(original) + (1 − λ)·KL(counterfactual) (+ ce_weight·CE); each term a mean over its target tokens."
-    if not 0 <= lam <= 1: raise ValueError(f"lam must lie in [0, 1], got {lam}")
+    if lam is not None and not 0 <= lam <= 1: raise ValueError(f"lam must lie in [0, 1] (or None for the token share), got {lam}")
     if temperature <= 0: raise ValueError(f"temperature must be > 0, got {temperature}")
     ids, mask, labels, is_cf = batch["input_ids"], batch["attention_mask"], batch["labels"], batch["is_cf"]
     rows, pos = target_positions(labels)
@@ -193,11 +196,12 @@ def hybrid_kd_loss(
     cf = is_cf.to(kl.device)[rows]
     n_cf, n_or = int(cf.sum()), int((~cf).sum())
     d_or, d_cf = divisors if divisors is not None else (n_or, n_cf)
+    if lam is None: lam = d_or / max(d_or + d_cf, 1)  # every target token weighs the same: the plain mean over all of them
     kd = (kl * ~cf).sum() / max(d_or, 1)
     cd = (kl * cf).sum() / max(d_cf, 1)
     ce_o = (ce * ~cf).sum() / max(d_or, 1)
     loss = lam * kd + (1 - lam) * cd + (ce_weight * ce_o if ce_weight else 0.0)
-    terms = {"kd": kd.detach(), "ce": ce_o.detach(), "tokens_original": n_or, "tokens_counterfactual": n_cf}
+    terms = {"kd": kd.detach(), "ce": ce_o.detach(), "lam": float(lam), "tokens_original": n_or, "tokens_counterfactual": n_cf}
     if n_cf: terms["cd"] = cd.detach()
     return loss, terms
 
@@ -229,11 +233,25 @@ def pair_rows(
         groups[top[p]]["counterfactuals"].append(r)
     return list(groups.values())
 
+PROTOCOLS = ("paired", "mixed") # how counterfactuals enter training
+
+def training_groups(
+    rows: Sequence[Mapping] | datasets.Dataset, # originals and counterfactuals
+    protocol: str = "paired", # 'paired': an original with its counterfactuals; 'mixed': every row on its own
+) -> list[dict]:
+    "The training examples of a protocol: groups of an original and its counterfactuals ('paired'), or every row alone ('mixed')."
+    if protocol not in PROTOCOLS: raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    groups = pair_rows(rows)  # ids and parents are checked either way
+    if protocol == "paired": return groups
+    return [{"id": r["id"], "original": r, "counterfactuals": []} for g in groups for r in (g["original"], *g["counterfactuals"])]
+
 # %% ../nbs/05_distill.ipynb #13e864bd
 @dataclass
 class DistillConfig(Config):
     "A LeaF distillation run: the hybrid loss, the teacher, and the training schedule."
+    protocol: str = "paired" # 'paired': each original beside its counterfactuals, weighed by λ; 'mixed': every row an example of its own, one KL over all tokens (λ unused)
     lam: float = 0.5 # λ: weight of KL on original prompts; 1 − λ on counterfactual ones (1 = KD w/o mask)
+    lam_mode: str = "fixed" # 'fixed': λ as set; 'token_share': per batch, the originals' share of the target tokens (every token weighs the same)
     lam_end: float | None = None # if set, λ moves linearly from `lam` to `lam_end` over training
     temperature: float = 1.0 # T (the KL is scaled by T²)
     ce_weight: float = 0.0 # extra cross-entropy on the original responses
@@ -263,6 +281,8 @@ class DistillConfig(Config):
     logging_steps: int = 10
     save_steps: int = 200 # checkpoint every n steps (safetensors); a rerun resumes from the last one
     save_total_limit: int = 2
+    eval_steps: int | None = None # score the model on validation every n optimiser steps (and before the first and after the last); needs `validate`
+    keep_best: bool = True # with eval_steps: the model returned and saved is the one of the best validation score (the earliest on ties)
 
     def __post_init__(self):
         for k in ("lam", "lam_end"):
@@ -278,15 +298,35 @@ class DistillConfig(Config):
         if self.cf_per_group < 0: raise ValueError(f"DistillConfig.cf_per_group must be >= 0, got {self.cf_per_group}")
         if self.ce_weight < 0: raise ValueError(f"DistillConfig.ce_weight must be >= 0, got {self.ce_weight}")
         if not (self.epochs > 0 or self.max_steps > 0): raise ValueError("DistillConfig: set epochs > 0 or max_steps > 0")
+        if self.protocol not in PROTOCOLS: raise ValueError(f"DistillConfig.protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.lam_mode not in ("fixed", "token_share"): raise ValueError(f"DistillConfig.lam_mode must be 'fixed' or 'token_share', got {self.lam_mode!r}")
+        if self.protocol == "mixed" and (self.lam_end is not None or self.lam_mode != "fixed"):
+            raise ValueError("DistillConfig: the 'mixed' protocol has no λ (every row is an example of its own); leave lam_end and lam_mode unset")
+        if self.lam_mode == "token_share" and self.lam_end is not None: raise ValueError("DistillConfig: lam_end anneals a fixed λ; lam_mode='token_share' has none")
+        if self.eval_steps is not None and (not isinstance(self.eval_steps, int) or self.eval_steps < 1):
+            raise ValueError(f"DistillConfig.eval_steps must be a positive int or None, got {self.eval_steps!r}")
 
     @property
     def kd_only(self) -> bool:
-        "λ = 1 throughout: the 'KD w/o mask' baseline, which never reads counterfactual rows."
-        return self.lam == 1 and self.lam_end in (None, 1)
+        "λ = 1 throughout, paired: the 'KD w/o mask' baseline, which never reads counterfactual rows."
+        return self.protocol == "paired" and self.lam_mode == "fixed" and self.lam == 1 and self.lam_end in (None, 1)
 
-    def lam_at(self, progress: float) -> float:
-        "λ at a fraction `progress` ∈ [0, 1] of training."
+    def lam_at(self, progress: float) -> float | None:
+        "λ at a fraction `progress` ∈ [0, 1] of training (None: the token share; 1 under 'mixed', where every row is an original)."
+        if self.protocol == "mixed": return 1.0
+        if self.lam_mode == "token_share": return None
         return self.lam if self.lam_end is None else self.lam + (self.lam_end - self.lam) * min(max(progress, 0.0), 1.0)
+
+def optimizer_steps(
+    n_examples: int, # training examples: groups under 'paired', rows under 'mixed' (`training_groups`)
+    cfg: DistillConfig,
+    num_processes: int = 1, # data-parallel processes
+) -> int:
+    "The optimiser steps `distill` takes: `max_steps`, or the epochs over batches of `batch_size` per process and `grad_accum` batches per step."
+    if n_examples < 1: raise ValueError(f"n_examples must be >= 1, got {n_examples}")
+    if cfg.max_steps > 0: return cfg.max_steps
+    batches = math.ceil(math.ceil(n_examples / num_processes) / cfg.batch_size)
+    return math.ceil(cfg.epochs * max(math.ceil(batches / cfg.grad_accum), 1))
 
 # %% ../nbs/05_distill.ipynb #f239a53a
 class GroupDataset(torch.utils.data.Dataset):
@@ -461,8 +501,8 @@ class LeafTrainer(Trainer):
         if teacher is not None: teacher.to(self.args.device).eval().requires_grad_(False)
         self._sums, self._counts = defaultdict(float), defaultdict(int)
 
-    def current_lambda(self) -> float:
-        "λ at the current optimiser step (constant, or annealed from `lam` to `lam_end`)."
+    def current_lambda(self) -> float | None:
+        "λ at the current optimiser step (constant, or annealed from `lam` to `lam_end`; None: the batch's token share)."
         return self.dcfg.lam_at(self.state.global_step / max(1, self.state.max_steps))
 
     def _divisors(self, inputs):
@@ -485,10 +525,10 @@ class LeafTrainer(Trainer):
             if div is not None:  # per-process shares of the global means: their average over processes is the global mean
                 t = torch.stack([terms["kd"], terms.get("cd", torch.tensor(0.0)), terms["ce"]]).float().to(self.args.device)
                 kd, cd, ce = self.accelerator.reduce(t, reduction="mean").tolist()
-                terms = {"kd": kd, "ce": ce, **({"cd": cd} if div[1] > 0 else {})}
+                terms = {"kd": kd, "ce": ce, "lam": terms["lam"], **({"cd": cd} if div[1] > 0 else {})}
             for k in ("kd", "cd", "ce"):
                 if k in terms: self._sums[k] += float(terms[k]); self._counts[k] += 1
-            self._sums["lambda"] += lam; self._counts["lambda"] += 1
+            self._sums["lambda"] += terms["lam"] if lam is None else lam; self._counts["lambda"] += 1
         return (loss, None) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs):
@@ -501,11 +541,60 @@ class LeafTrainer(Trainer):
 # %% ../nbs/05_distill.ipynb #f9ae2685
 @dataclass
 class DistillResult:
-    "What `distill` returns: the trained student (LoRA merged), its folder, and the log history."
+    "What `distill` returns: the trained student (LoRA merged; the best on validation with `keep_best`), its folder, the log history and the validation curve."
     model: object
     out_dir: Path
     history: list
     config: DistillConfig
+    curve: list = field(default_factory=list) # [{'step', 'score'}] with `eval_steps`
+    best_step: int | None = None # the step whose weights `model` holds, when chosen on validation
+
+    @property
+    def steps(self) -> int:
+        "Optimiser steps taken."
+        return max((h.get("step", 0) for h in self.history), default=0)
+
+CURVE_FILE, BEST_FILE = "curve.jsonl", "best.safetensors"
+
+def _best(curve: Sequence[Mapping]) -> Mapping | None:
+    "The earliest step of the highest score."
+    return max(curve, key=lambda c: (c["score"], -c["step"]), default=None)
+
+class _Validation(TrainerCallback):
+    "Scores the model with `validate` every `every` optimiser steps, before the first and after the last; keeps the best trained weights on disk."
+    def __init__(self, validate: Callable, every: int, out: Path, keep_best: bool, main_process: bool):
+        self.validate, self.every, self.out, self.keep_best, self.main = validate, every, out, keep_best, main_process
+        self.curve = read_jsonl(out / CURVE_FILE) if (out / CURVE_FILE).is_file() else []
+
+    def _score(self, model, step: int):
+        if any(c["step"] == step for c in self.curve): return  # scored before a resume
+        was = model.training; model.eval()
+        with torch.no_grad(): score = float(self.validate(model))
+        model.train(was)
+        best = _best(self.curve)
+        self.curve.append({"step": step, "score": score})
+        if not self.main: return
+        if self.keep_best and (best is None or score > best["score"]):
+            from safetensors.torch import save_file
+            tmp = self.out / f".{BEST_FILE}.tmp"
+            save_file({n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}, str(tmp))
+            tmp.replace(self.out / BEST_FILE)
+        write_jsonl(self.out / CURVE_FILE, self.curve)
+
+    def on_train_begin(self, args, state, control, model=None, **kw): self._score(model, state.global_step)
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step % self.every == 0 or state.global_step >= state.max_steps: self._score(model, state.global_step)
+
+    def restore_best(self, model) -> int | None:
+        "Load the best step's weights into `model` (when it is not the last step); returns that step."
+        best = _best(self.curve)
+        if best is None or not self.keep_best: return None
+        if best["step"] != self.curve[-1]["step"] or best["score"] != self.curve[-1]["score"]:
+            from safetensors.torch import load_file
+            missing = set(n for n, p in model.named_parameters() if p.requires_grad) - set(load_file(str(self.out / BEST_FILE)))
+            if missing: raise ValueError(f"{self.out / BEST_FILE} lacks {len(missing)} trained parameters; remove the folder and rerun")
+            model.load_state_dict(load_file(str(self.out / BEST_FILE)), strict=False)
+        return best["step"]
 
 def _default_cache(out, groups, cfg, teacher, tokenizer, max_length, progress):
     "The cache in out_dir/teacher_cache: read if complete, else built (needs the teacher)."
@@ -560,13 +649,15 @@ def distill(
     teacher=None, # needed for cfg.teacher == 'online', and to build a missing cache
     cache: TeacherCache | str | Path | None = None, # the teacher cache (default: out_dir/teacher_cache, built if missing)
     teacher_tokenizer=None, # if it differs from `tokenizer` (the vocabularies must still match)
+    validate: Callable[[object], float] | None = None, # model -> validation score (higher is better), for `cfg.eval_steps`
     progress: bool = True,
 ) -> DistillResult:
     "Distil `teacher` into `student` with LeaF's hybrid loss through `LeafTrainer`; resumes from the last checkpoint."
     cfg = cfg or DistillConfig()
     rows = list(rows)
-    groups = pair_rows(rows)
+    groups = training_groups(rows, cfg.protocol)
     out = Path(out_dir)
+    if cfg.eval_steps and validate is None: raise ValueError("DistillConfig.eval_steps needs `validate`: model -> validation score")
     if teacher is not None: check_pair(teacher_tokenizer or tokenizer, tokenizer, teacher, student)
     elif cfg.teacher == "online": raise ValueError("DistillConfig.teacher == 'online' needs a teacher model")
     max_length = cfg.max_length or getattr(_unwrap(student).config, "max_position_embeddings", None)
@@ -576,8 +667,7 @@ def distill(
     if saved_cfg.is_file() and DistillConfig.load(saved_cfg) != cfg:
         raise ValueError(f"{out} holds a run with other settings ({saved_cfg}); use a new folder")
     if (out / "model" / "config.json").is_file() and (out / "history.json").is_file():
-        model = load_model(out / "model", dtype="float32", device=str(next(student.parameters()).device))
-        return DistillResult(model, out, json.loads((out / "history.json").read_text()), cfg)
+        return _finished(out, cfg, student)
     args = _training_args(cfg, out, progress)
     if cfg.teacher == "cache":
         if cache is None:  # built by the main process first; the others then find it complete
@@ -592,10 +682,12 @@ def distill(
         model = get_peft_model(student, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                                    target_modules=cfg.lora_targets, task_type="CAUSAL_LM"))
     collator = PairCollator(tokenizer.pad_token_id, cfg.cf_per_group, cfg.seed, cache)
+    val = _Validation(validate, cfg.eval_steps, out, cfg.keep_best, args.should_save) if cfg.eval_steps else None
     trainer = LeafTrainer(model=model, args=args, train_dataset=data, data_collator=collator, teacher=teacher if cache is None else None,
-                          distill_config=cfg, callbacks=[_EpochToCollator(collator)])
+                          distill_config=cfg, callbacks=[_EpochToCollator(collator), *([val] if val else [])])
     if not progress: trainer.remove_callback(PrinterCallback)  # quiet: the logs still go to history.json
     with _quiet(progress): trainer.train(resume_from_checkpoint=_last_checkpoint(out, trainer.args.should_save))
+    best_step = val.restore_best(trainer.model) if val else None
     final = trainer.model
     if cfg.lora: final = final.merge_and_unload()
     final = _unwrap(final)
@@ -604,4 +696,31 @@ def distill(
         write_atomic(out / "history.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
     trainer.accelerator.wait_for_everyone()
     final.eval()
-    return DistillResult(final, out, trainer.state.log_history, cfg)
+    return DistillResult(final, out, trainer.state.log_history, cfg, val.curve if val else [], best_step)
+
+def _finished(out: Path, cfg: DistillConfig, student) -> DistillResult:
+    "A finished run read back: its saved model, history and validation curve."
+    model = load_model(out / "model", dtype="float32", device=str(next(student.parameters()).device))
+    curve = read_jsonl(out / CURVE_FILE) if (out / CURVE_FILE).is_file() else []
+    best = _best(curve) if cfg.keep_best else None
+    return DistillResult(model, out, json.loads((out / "history.json").read_text()), cfg, curve, best["step"] if best else None)
+
+# %% ../nbs/05_distill.ipynb #5eb4ad84
+def curves_plot(
+    curves: pd.DataFrame | Mapping[str, Sequence[Mapping]], # long (method, seed, step, score), or name -> a `DistillResult.curve`
+    ax=None, # draw into this axes (default: a new figure)
+    ylabel: str = "validation accuracy",
+    figsize=(6, 3.2),
+):
+    "Validation score against optimiser steps, one line per method (a band over seeds where there are several); a marker on each run's best step."
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    if not isinstance(curves, pd.DataFrame):
+        curves = pd.DataFrame([dict(method=m, seed=0, step=c["step"], score=c["score"]) for m, cs in curves.items() for c in cs])
+    if curves.empty: raise ValueError("no curve to plot: train with DistillConfig(eval_steps=...) and a `validate` function")
+    if ax is None: _, ax = plt.subplots(figsize=figsize)
+    sns.lineplot(curves, x="step", y="score", hue="method", errorbar="sd", ax=ax)
+    best = curves.loc[curves.groupby(["method", "seed"]).score.idxmax()]
+    ax.scatter(best.step, best.score, marker="*", s=60, color="k", zorder=3, label="best step")
+    ax.set(xlabel="optimiser step", ylabel=ylabel); ax.legend(fontsize=8)
+    return ax.figure, ax

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .core import Config, generate, load_model, read_jsonl, row_name, validate_examples, write_atomic, write_jsonl
-from .distill import DistillConfig, TeacherCache, distill, teacher_cache
+from .distill import PROTOCOLS, DistillConfig, TeacherCache, distill, optimizer_steps, teacher_cache, training_groups
 from .evaluate import answer_check, answer_kinds, check_answers, markdown_table
 from .pruning import UNITS, VERIFY_MODES, counterfactuals, verified_counterfactuals
 from .saliency import DetectConfig, ThresholdRule, detect, detected_spans, load_detections
@@ -23,22 +23,25 @@ from .splitting import segment_rows
 
 
 # %% auto #0
-__all__ = ['MASKS', 'TABLE1', 'Variant', 'ExperimentConfig', 'data_key', 'Stages', 'evaluate_model', 'results_frame', 'table1',
-           'table1_plot', 'ExperimentResult', 'run_experiment']
+__all__ = ['MASKS', 'TABLE1', 'Variant', 'ExperimentConfig', 'data_key', 'Stages', 'evaluate_model', 'results_frame',
+           'training_frames', 'table1', 'table1_plot', 'ExperimentResult', 'run_experiment']
 
 # %% ../nbs/08_experiment.ipynb #429178f0
-MASKS = ("gradient", "perplexity", "random")
+MASKS = ("gradient", "perplexity", "random", "gold")
 
 @dataclass
 class Variant(Config):
-    "One distilled student of the comparison: its λ, and which counterfactuals it trains on."
+    "One distilled student of the comparison: how it trains (protocol, λ, steps) and which counterfactuals it trains on."
     name: str # its row in the tables
     lam: float = 0.5 # λ of the hybrid loss (1 = KD w/o mask: no counterfactual is read)
+    protocol: str = "paired" # 'paired' (originals beside their counterfactuals, weighed by λ) or 'mixed' (every row an example of its own; no λ)
+    lam_mode: str = "fixed" # 'fixed' λ, or 'token_share': per batch, the originals' share of the target tokens
+    steps_of: str | None = None # train for as many optimiser steps as the variant of this name (an equal-steps control)
     instruction: bool = True # train on instruction-level counterfactuals
     segments: int = 0 # also on response-level ones from k-segment splits (0: none; the paper uses 2 or 3)
     threshold: ThresholdRule | None = None # detection rule for this variant (None: the experiment's)
     strategy: str | None = None # 'span' or 'set' pruning (None: the experiment's)
-    mask: str = "gradient" # which tokens are pruned: the 'gradient' rule, or as many 'perplexity' or 'random' tokens (Fig. 6)
+    mask: str = "gradient" # which tokens are pruned: the 'gradient' rule, as many 'perplexity' or 'random' units (Fig. 6), or the rows' 'gold' confounder spans
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.strip(): raise ValueError(f"Variant.name must be a non-empty string, got {self.name!r}")
@@ -47,11 +50,17 @@ class Variant(Config):
             raise ValueError(f"Variant {self.name!r}: segments must be 0 or an int >= 2, got {self.segments!r}")
         if self.strategy not in (None, "span", "set"): raise ValueError(f"Variant {self.name!r}: strategy must be 'span', 'set' or None, got {self.strategy!r}")
         if self.mask not in MASKS: raise ValueError(f"Variant {self.name!r}: mask must be one of {MASKS}, got {self.mask!r}")
-        if self.lam < 1 and not (self.instruction or self.segments):
-            raise ValueError(f"Variant {self.name!r}: lam < 1 needs counterfactuals (instruction=True or segments >= 2)")
+        if self.protocol not in PROTOCOLS: raise ValueError(f"Variant {self.name!r}: protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.lam_mode not in ("fixed", "token_share"): raise ValueError(f"Variant {self.name!r}: lam_mode must be 'fixed' or 'token_share', got {self.lam_mode!r}")
+        if not self.kd_only and not (self.instruction or self.segments):
+            raise ValueError(f"Variant {self.name!r}: lam < 1, 'token_share' or 'mixed' needs counterfactuals (instruction=True or segments >= 2)")
+        if self.mask == "gold" and self.segments: raise ValueError(f"Variant {self.name!r}: gold spans are instruction-level; set segments=0")
+        if self.steps_of == self.name: raise ValueError(f"Variant {self.name!r}: steps_of names the variant itself")
 
     @property
-    def kd_only(self) -> bool: return self.lam == 1
+    def kd_only(self) -> bool:
+        "KD w/o mask: λ = 1, paired, so that no counterfactual is read."
+        return self.lam == 1 and self.protocol == "paired" and self.lam_mode == "fixed"
 
 # the paper's Table 1 rows that are distilled: KD w/o mask, LeaF on instruction-level, and on instruction and 2-segment response-level counterfactuals
 TABLE1 = (Variant("KD w/o mask", lam=1.0, instruction=False), Variant("LeaF (instr)"), Variant("LeaF (instr & resp)", segments=2))
@@ -68,6 +77,7 @@ class ExperimentConfig(Config):
     n_distill: int | None = None # distillation prompts per family (None: all)
     n_eval: int | None = None # evaluation prompts per family and split (None: all)
     eval_splits: tuple = ("test", "test_clean") # splits to evaluate; the first is the headline
+    val_split: str | None = None # a split scored during distillation (every `distill.eval_steps` steps), to keep each student's best checkpoint
     detect: DetectConfig = None # selection and detection (default: `DetectConfig()`, each row's most suspicious clause)
     strategy: str = "span" # 'span' or 'set' counterfactuals
     unit: str = "clause" # flagged spans are snapped to whole 'clause's, 'word's or 'token's before pruning
@@ -101,6 +111,18 @@ class ExperimentConfig(Config):
         for k in ("max_new_tokens", "gen_batch_size"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < 1: raise ValueError(f"ExperimentConfig.{k} must be a positive int")
         if not self.eval_splits: raise ValueError("ExperimentConfig.eval_splits must name at least one split")
+        if self.distill.eval_steps and self.val_split is None: raise ValueError("ExperimentConfig: distill.eval_steps needs val_split, the split to score")
+        if self.val_split is not None and self.val_split in self.eval_splits:
+            raise ValueError(f"ExperimentConfig.val_split {self.val_split!r} is also an evaluation split: checkpoints are chosen on one split and reported on others")
+        for v in self.variants:
+            ref = next((u for u in self.variants if u.name == v.steps_of), None) if v.steps_of else v
+            if ref is None: raise ValueError(f"Variant {v.name!r}: steps_of {v.steps_of!r} is not a variant of this experiment ({names})")
+            if ref.steps_of: raise ValueError(f"Variant {v.name!r}: steps_of {v.steps_of!r}, which itself takes another variant's steps")
+
+    @property
+    def splits(self) -> tuple:
+        "The splits of each family the experiment reads: 'distill', the evaluation splits, and the validation split if any."
+        return ("distill", *self.eval_splits, *([self.val_split] if self.val_split else []))
 
 # %% ../nbs/08_experiment.ipynb #89ea3af9
 def _slug(name: str) -> str: return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
@@ -173,11 +195,20 @@ def results_frame(evaluations: Mapping[str, Mapping]) -> pd.DataFrame:
             for e in evaluations.values() for f, d in e["accuracy"].items() for s, v in d.items()]
     return pd.DataFrame(rows)
 
+def training_frames(trained: Mapping[tuple, Mapping]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "From the distill stages' summaries ((variant, seed) -> summary): per run its protocol, steps and chosen step; and the validation curves, long."
+    runs = [dict(method=m, seed=s, protocol=t.get("protocol", "paired"), steps=t.get("steps"), best_step=t.get("best_step"))
+            for (m, s), t in trained.items()]
+    curves = [dict(method=m, seed=s, step=c["step"], score=c["score"]) for (m, s), t in trained.items() for c in t.get("curve") or []]
+    return (pd.DataFrame(runs, columns=["method", "seed", "protocol", "steps", "best_step"]),
+            pd.DataFrame(curves, columns=["method", "seed", "step", "score"]))
+
 def table1(
     results: pd.DataFrame, # from `results_frame`
     split: str = "test", # which split's accuracy fills the table
     families: Sequence[str] | None = None, # column order (default: as found)
     text: bool = True, # cells as 'mean ± std' strings (percent); False: mean accuracies (fractions)
+    training: pd.DataFrame | None = None, # from `training_frames`: adds each row's protocol, optimiser steps and (if chosen on validation) chosen step
 ) -> pd.DataFrame:
     "Table 1 in miniature: methods as rows, families and their average as columns, mean (± std over seeds)."
     r = results[results.split == split]
@@ -195,7 +226,15 @@ def table1(
         out[m] = {k: (_fmt(v) if text else float(np.mean(v))) for k, v in cells.items()}
     df = pd.DataFrame(out).T
     df.index.name = "method"
-    return df
+    return df if training is None or training.empty else _with_training(df, training)
+
+def _with_training(df: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
+    "Table 1 with the protocol, the optimiser steps and the step chosen on validation of each distilled row ('' for the others)."
+    g = training.groupby("method", sort=False)
+    steps = lambda s: "" if s.isna().all() else (f"{s.mean():.0f}" if s.nunique() == 1 else f"{s.mean():.0f} ± {s.std():.0f}")
+    info = pd.DataFrame({"protocol": g.protocol.first(), "steps": g.steps.agg(steps), "chosen step": g.best_step.agg(steps)})
+    if (info["chosen step"] == "").all(): info = info.drop(columns="chosen step")
+    return df.join(info).fillna("")
 
 # %% ../nbs/08_experiment.ipynb #c950aebb
 def table1_plot(results: pd.DataFrame, split: str = "test", families: Sequence[str] | None = None, ax=None, figsize=(7, 3.2)):
@@ -223,12 +262,14 @@ class ExperimentResult:
     results: pd.DataFrame # long accuracies (`results_frame`)
     table: pd.DataFrame # Table 1 in miniature on the headline split (`table1`)
     ran: list # the stages this call computed (the others were finished before and read back)
+    training: pd.DataFrame = None # per variant and seed: protocol, optimiser steps, the step chosen on validation (`training_frames`)
+    curves: pd.DataFrame = None # validation score against optimiser steps, per variant and seed (with `distill.eval_steps`)
 
 def _check_data(data, cfg: ExperimentConfig) -> dict:
     out = {}
     for f in cfg.families:
         if f not in data: raise ValueError(f"data has no family {f!r} (it has {sorted(data)})")
-        for s in ("distill", *cfg.eval_splits):
+        for s in cfg.splits:
             rows = list(data[f].get(s) or [])
             if not rows: raise ValueError(f"data[{f!r}][{s!r}] is missing or empty")
             n = cfg.n_distill if s == "distill" else cfg.n_eval
@@ -262,10 +303,16 @@ def _check_folder(out: Path, cfg: ExperimentConfig, fingerprint: str):
 # %% ../nbs/08_experiment.ipynb #94dd59e2
 def _dropped(c: Mapping) -> dict: return {k[len("dropped_"):]: n for k, n in c.items() if k.startswith("dropped_")}
 
+def _instruction_spans(v: Variant, rule: ThresholdRule, rows, dets) -> dict:
+    "id -> spans to prune in the instruction of every selected row: detected (or a baseline), or the row's gold spans."
+    if v.mask != "gold": return detected_spans(dets, rule, v.mask)
+    by_id = {r["id"]: r for r in rows}
+    return {d["id"]: {"instruction": by_id[d["id"]]["confounder_spans"], "response": []} for d in dets if d["status"] == "flagged"}
+
 def _variant_rows(cfg: ExperimentConfig, v: Variant, f: str, rows, dets, segs: Callable[[int], tuple], build: Callable):
     "The training rows of variant `v` for family `f`, counts of the counterfactuals they hold (kept and dropped, per level), and the verification records."
     rule, strategy = v.threshold or cfg.detect.threshold, v.strategy or cfg.strategy
-    ds, c, recs = build(rows, detected_spans(dets, rule, v.mask) if v.instruction and not v.kd_only else {}, strategy, None)
+    ds, c, recs = build(rows, _instruction_spans(v, rule, rows, dets) if v.instruction and not v.kd_only else {}, strategy, None)
     parts, counts = [ds], {"originals": c.get("original", 0), "instruction": c.get(strategy, 0), "response": 0,
                            "dropped": {"instruction": _dropped(c), "response": {}}}
     if v.segments and not v.kd_only:
@@ -281,6 +328,12 @@ def _inputs(cfg: ExperimentConfig, data) -> dict:
     if cfg.answer_kind is None:
         raise ValueError(f"set ExperimentConfig.answer_kind, the checker of your data's answers: one of {answer_kinds()}")
     if data is None: raise ValueError("pass `data`: family -> {'distill': rows, <eval split>: rows}")
+    gold = next((v.name for v in cfg.variants if v.mask == "gold"), None)
+    for f in cfg.families if gold else ():
+        for i, r in enumerate(list((data.get(f) or {}).get("distill") or [])[:cfg.n_distill]):
+            if r.get("confounder_spans") is None:
+                raise ValueError(f"Variant {gold!r} prunes gold spans (mask='gold'), which every distillation row must carry: "
+                                 f"data[{f!r}]['distill'] {row_name(r, i)} has no 'confounder_spans'")
     return _check_data(data, cfg)
 
 class _Run:
@@ -292,7 +345,7 @@ class _Run:
         self.parents = {r["id"]: r for f in self.fams for r in data[f]["distill"]}
         self.keys = {data_key(v, cfg): v for v in cfg.variants}
         self.seg_ks = sorted({v.segments for v in cfg.variants if v.segments and not v.kd_only})
-        self.st = Stages(out, log=log)
+        self.st, self.trained = Stages(out, log=log), {}
         self.bar = tqdm(total=len(self.plan()), desc="experiment", unit="stage", disable=not progress)
 
     def plan(self) -> list[str]:
@@ -380,15 +433,34 @@ class _Run:
             return dict(method=name, seed=seed, accuracy=_accuracies(recs))
         return self.stage(f"evaluate-{tag}", run)
 
+    def distill_config(self, v: Variant, seed: int) -> DistillConfig:
+        "The training of variant `v`: the experiment's, with the variant's protocol and λ, the seed, and the steps of `v.steps_of`."
+        extra = dict(lam=v.lam, seed=seed, protocol=v.protocol, lam_mode=v.lam_mode)
+        if v.kd_only or v.protocol == "mixed" or v.lam_mode == "token_share": extra["lam_end"] = None
+        if v.steps_of: extra["max_steps"] = self.steps(next(u for u in self.cfg.variants if u.name == v.steps_of))
+        return DistillConfig.from_dict({**self.cfg.distill.to_dict(), **extra})
+
+    def steps(self, v: Variant) -> int:
+        "The optimiser steps variant `v` takes (by construction: its training examples and its config)."
+        return optimizer_steps(len(training_groups(self.train_rows(data_key(v, self.cfg)), v.protocol)), self.distill_config(v, 0))
+
+    def validator(self) -> Callable:
+        "model -> accuracy on the validation split, averaged over families."
+        rows = {f: self.data[f][self.cfg.val_split] for f in self.fams}
+        def score(model) -> float:
+            accs = [np.mean([self.check(r, a) for r, a in zip(rs, generate(model, self.tok, rs, max_new_tokens=self.cfg.max_new_tokens,
+                                                                                 batch_size=self.cfg.gen_batch_size))]) for rs in rows.values()]
+            return float(np.mean(accs))
+        return score
+
     def _distill(self, v: Variant, seed: int, run_dir: Path, trained: dict) -> dict:
-        key = data_key(v, self.cfg)
-        dcfg = DistillConfig.from_dict({**self.cfg.distill.to_dict(), "lam": v.lam, "seed": seed, **({"lam_end": None} if v.kd_only else {})})
+        key, dcfg = data_key(v, self.cfg), self.distill_config(v, seed)
         res = distill(copy.deepcopy(self.student), self.tok, self.train_rows(key), run_dir, dcfg, cache=TeacherCache(self.out / "cache" / key),
-                      progress=False)
+                      validate=self.validator() if dcfg.eval_steps else None, progress=False)
         trained["model"] = res.model
         logs = [h for h in res.history if "loss" in h]
-        return dict(variant=v.name, seed=seed, data=key, steps=max((h.get("step", 0) for h in res.history), default=0),
-                    last_loss=logs[-1]["loss"] if logs else None)
+        return dict(variant=v.name, seed=seed, data=key, protocol=v.protocol, steps=res.steps, best_step=res.best_step,
+                    curve=res.curve, last_loss=logs[-1]["loss"] if logs else None)
 
     def students(self) -> dict:
         "Teacher and pre-KD student evaluated, then every variant × seed distilled and evaluated; returns (name, seed) -> summary."
@@ -398,7 +470,7 @@ class _Run:
         for v in self.cfg.variants:
             for seed in self.cfg.seeds:
                 run_dir, trained = self.out / "distill" / f"{_slug(v.name)}-s{seed}", {}
-                self.stage(f"distill-{_slug(v.name)}-s{seed}", lambda: self._distill(v, seed, run_dir, trained))
+                self.trained[(v.name, seed)] = self.stage(f"distill-{_slug(v.name)}-s{seed}", lambda: self._distill(v, seed, run_dir, trained))
                 evals[(v.name, seed)] = self.evaluate(v.name, seed, lambda: trained.get("model") or load_model(run_dir / "model", dtype="float32", device=dev))
         self.bar.close()
         return evals
@@ -410,14 +482,16 @@ class _Run:
         counts = {f: dict(distill_prompts=len(self.data[f]["distill"]), **det_counts[f],
                           counterfactuals={key: prune_counts[key][f] for key in self.keys}) for f in fams}
         results = results_frame({f"{m}|{s}": e for (m, s), e in evals.items()})
-        tables = {s: table1(results, s, fams) for s in cfg.eval_splits}
+        training, curves = training_frames(self.trained)
+        tables = {s: table1(results, s, fams, training=training) for s in cfg.eval_splits}
         write_atomic(out / "results.json", json.dumps(dict(config=cfg.to_dict(), counts=counts, results=results.to_dict("records"),
+                                                           training=training.to_dict("records"), curves=curves.to_dict("records"),
                                                            tables={s: t.to_dict("index") for s, t in tables.items()}), indent=1) + "\n")
         write_atomic(out / "table.md", "\n\n".join(f"Accuracy (%) on `{s}`, mean ± std over seeds {list(cfg.seeds)}:\n\n" + markdown_table(t)
                                                    for s, t in tables.items()) + "\n")
         fig, _ = table1_plot(results, cfg.eval_splits[0], fams)
         fig.savefig(out / "table1.png", dpi=100, bbox_inches="tight"); plt.close(fig)
-        return ExperimentResult(out, cfg, counts, results, tables[cfg.eval_splits[0]], self.st.ran)
+        return ExperimentResult(out, cfg, counts, results, tables[cfg.eval_splits[0]], self.st.ran, training, curves)
 
 def run_experiment(
     cfg: ExperimentConfig,

@@ -25,8 +25,8 @@ from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, check_pair, clau
                           length_batches, pad_encodings, remove_spans, row_name, trunk_and_head, validate_examples, write_atomic)
 
 # %% auto #0
-__all__ = ['RULES', 'RULE_UNITS', 'frozen', 'saliency_batch', 'saliency_encoding', 'Saliency', 'input_saliency', 'minmax',
-           'normalised_diff', 'ThresholdRule', 'slider_rule', 'flagged_spans', 'row_seed', 'random_flags',
+__all__ = ['RULES', 'RULE_UNITS', 'SELECTIONS', 'frozen', 'saliency_batch', 'saliency_encoding', 'Saliency', 'input_saliency',
+           'minmax', 'normalised_diff', 'ThresholdRule', 'slider_rule', 'flagged_spans', 'row_seed', 'random_flags',
            'top_k_flags', 'token_surprisal', 'select_instances', 'DetectConfig', 'apply_rule', 'context_clauses',
            'detected_spans', 'load_detections', 'detect', 'auroc', 'gold_token_labels', 'clause_groups',
            'detection_quality', 'render_threshold', 'threshold_widget']
@@ -283,23 +283,27 @@ def token_surprisal(model, tokenizer, encodings: Sequence[Mapping], batch_size: 
     return out
 
 # %% ../nbs/02_saliency.ipynb #189aa778
+SELECTIONS = ("student_wrong", "teacher_right") # the paper's selection, or every row the teacher solves
+
 def select_instances(
     teacher, student, tokenizer,
     rows: Sequence[Mapping], # rows with an 'instruction' (and whatever `check` reads, e.g. 'answer')
     check: Callable[[Mapping, str], bool], # check(row, response) -> correct? (e.g. `leaf_nb.evaluate.answer_check(kind)`)
     max_new_tokens: int = 64,
     batch_size: int = 64,
+    selection: str = "student_wrong", # which rows are `selected`: 'student_wrong' (the paper's: teacher right, student wrong) or 'teacher_right'
     **kwargs, # passed to `generate` (system_prompt, template)
 ) -> list[dict]:
-    "Both models' greedy responses and their correctness, per row; `selected` = teacher right and student wrong."
+    "Both models' greedy responses and their correctness, per row, and whether the row is `selected`."
     if not callable(check): raise ValueError(f"select_instances needs check(row, response) -> bool, got {type(check).__name__}")
+    if selection not in SELECTIONS: raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     rows = list(rows)
     t_resp = generate(teacher, tokenizer, rows, max_new_tokens, batch_size, **kwargs)
     s_resp = generate(student, tokenizer, rows, max_new_tokens, batch_size, **kwargs)
     out = []
     for r, t, s in zip(rows, t_resp, s_resp):
         tc, sc = bool(check(r, t)), bool(check(r, s))
-        out.append(dict(teacher_response=t, student_response=s, teacher_correct=tc, student_correct=sc, selected=tc and not sc))
+        out.append(dict(teacher_response=t, student_response=s, teacher_correct=tc, student_correct=sc, selected=tc and (selection == "teacher_right" or not sc)))
     return out
 
 
@@ -308,7 +312,8 @@ def select_instances(
 class DetectConfig(Config):
     "Settings of `detect`."
     threshold: ThresholdRule = None # the rule that flags tokens (default: per clause, the lowest 10% of each row's clauses: `ThresholdRule("quantile", unit="clause")`)
-    select: bool = True # keep only teacher-right, student-wrong rows (others are written as 'not_selected')
+    select: bool = True # keep only the rows `selection` names (others are written as 'not_selected')
+    selection: str = "student_wrong" # 'student_wrong' (the paper's: teacher right, student wrong) or 'teacher_right' (every row the teacher solves)
     reference: str = "response" # the loss target: the row's 'response', or the 'teacher' model's greedy response
     student_reference: str | None = None # the student's loss target in its own format, from the row's fields, e.g. 'answer : {answer}' (None: the teacher's reference)
     reduction: str = "sum" # per-example NLL: 'sum' or 'mean' over target tokens
@@ -323,6 +328,7 @@ class DetectConfig(Config):
 
     def __post_init__(self):
         if self.threshold is None: self.threshold = ThresholdRule("quantile", quantile=0.1, unit="clause")
+        if self.selection not in SELECTIONS: raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.reference not in ("response", "teacher"): raise ValueError(f"reference must be 'response' or 'teacher', got {self.reference!r}")
         if self.student_reference is not None and (not isinstance(self.student_reference, str) or not self.student_reference.strip()):
             raise ValueError(f"student_reference must be a non-empty format string or None, got {self.student_reference!r}")
@@ -379,7 +385,7 @@ def _detect_shard(teacher, student, tokenizer, rows, cfg, check, ids):
     kw = dict(system_prompt=cfg.system_prompt, template=cfg.template)
     out = [dict(id=i, status="flagged") for i in ids]
     if cfg.select:
-        sel = select_instances(teacher, student, tokenizer, rows, check, cfg.max_new_tokens, cfg.gen_batch_size, **kw)
+        sel = select_instances(teacher, student, tokenizer, rows, check, cfg.max_new_tokens, cfg.gen_batch_size, cfg.selection, **kw)
         for o, s in zip(out, sel):
             o.update(s)
             if not s["selected"]: o["status"] = "not_selected"

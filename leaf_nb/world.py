@@ -14,7 +14,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import datasets
 import torch
@@ -26,8 +26,8 @@ from .evaluate import register_checker
 # %% auto #0
 __all__ = ['FAMILIES', 'NUM_MAX', 'WORLD_CHAT_TEMPLATE', 'SPLITS', 'draw_dag', 'TaskConfig', 'make_examples', 'run_program',
            'extract_answer', 'is_correct', 'shortcut_agreement', 'world_vocab', 'world_tokenizer', 'ModelSize',
-           'TrainConfig', 'world_model', 'train_lm', 'WorldConfig', 'world_splits', 'World', 'build_world',
-           'save_world', 'load_world', 'remove_gold', 'evaluate_world', 'metrics_table']
+           'TrainConfig', 'world_model', 'train_lm', 'WorldConfig', 'world_splits', 'World', 'with_teacher_responses',
+           'build_world', 'save_world', 'load_world', 'remove_gold', 'evaluate_world', 'metrics_table']
 
 # %% ../nbs/01_causal_world.ipynb #91e81508
 def draw_dag(ax=None):
@@ -363,8 +363,13 @@ class World:
         sizes = {f: {k: v.num_rows for k, v in d.items()} for f, d in self.splits.items()}
         return f"World(seed={self.config.seed}, families={list(self.splits)}, splits={sizes})"
 
-def _distill_rows(teacher, tok, rows, cfg):
-    responses = generate(teacher, tok, rows, max_new_tokens=cfg.max_new_tokens, batch_size=256)
+def with_teacher_responses(
+    teacher, tokenizer,
+    rows: Sequence[Mapping], # generated prompts (`make_examples`)
+    max_new_tokens: int = 48,
+) -> list[dict]:
+    "The rows as distillation prompts: the teacher's greedy responses as their targets (the generated one where the teacher says nothing)."
+    responses = generate(teacher, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=256)
     return [{**r, "response": resp if resp.strip() else r["response"], "response_confounder_spans": [],
              "meta": {**r["meta"], "teacher_correct": is_correct(r, resp), "response_source": "teacher"}}
             for r, resp in zip(rows, responses)]
@@ -383,7 +388,7 @@ def build_world(
     teacher, student = world_model(tok, cfg.teacher_size, cfg.seed * 10 + 1), world_model(tok, cfg.student_size, cfg.seed * 10 + 2)
     hist = {"teacher": train_lm(teacher, tok, merged("teacher_train"), cfg.teacher_train, cfg.seed, progress, "teacher"),
             "student": train_lm(student, tok, merged("student_train"), cfg.student_train, cfg.seed + 7, progress, "student")}
-    for f in cfg.families: raw[f]["distill"] = _distill_rows(teacher, tok, raw[f]["distill"], cfg)
+    for f in cfg.families: raw[f]["distill"] = with_teacher_responses(teacher, tok, raw[f]["distill"], cfg.max_new_tokens)
     hist["build_seconds"] = round(time.time() - t0, 1)
     splits = {f: datasets.DatasetDict({k: to_dataset(v) for k, v in raw[f].items()}) for f in cfg.families}
     world = World(cfg, tok, teacher, student, splits, hist)
