@@ -183,6 +183,27 @@ class Config:
             c = _coerce(v, hints[f.name])
             if c is not v: setattr(self, f.name, c)
 
+    def check_choice(self, name: str, choices: Sequence, none_ok: bool = False):
+        "A clear error naming the field unless it is one of `choices` (or None, with `none_ok`)."
+        v = getattr(self, name)
+        if (v is None and none_ok) or v in tuple(choices): return
+        raise ValueError(f"{type(self).__name__}.{name} must be one of {tuple(choices)}{' or None' if none_ok else ''}, got {v!r}")
+
+    def check_int(self, *names: str, least: int = 1, none_ok: bool = False):
+        "A clear error naming the field unless each of `names` is an int >= `least` (or None, with `none_ok`)."
+        for n in names:
+            v = getattr(self, n)
+            if (v is None and none_ok) or (_is_int(v) and v >= least): continue
+            what = "a positive int" if least == 1 else f"an int >= {least}"
+            raise ValueError(f"{type(self).__name__}.{n} must be {what}{' or None' if none_ok else ''}, got {v!r}")
+
+    def check_fraction(self, *names: str, none_ok: bool = False):
+        "A clear error naming the field unless each of `names` is a number in [0, 1] (or None, with `none_ok`)."
+        for n in names:
+            v = getattr(self, n)
+            if (v is None and none_ok) or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1): continue
+            raise ValueError(f"{type(self).__name__}.{n} must lie in [0, 1]{' (or be None)' if none_ok else ''}, got {v!r}")
+
     def to_dict(self) -> dict: return dataclasses.asdict(self)
 
     @classmethod

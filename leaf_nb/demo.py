@@ -136,7 +136,7 @@ class RegimeConfig(Config):
             setattr(self, k, tuple(getattr(self, k)))
             if not getattr(self, k): raise ValueError(f"RegimeConfig.{k} must not be empty")
         if any(not 0 <= r <= 1 for r in self.spurious_rates): raise ValueError(f"RegimeConfig.spurious_rates must lie in [0, 1], got {self.spurious_rates}")
-        if not isinstance(self.evals, int) or self.evals < 1: raise ValueError(f"RegimeConfig.evals must be a positive int, got {self.evals!r}")
+        self.check_int("evals")
 
 def _regime_variants(rc: RegimeConfig) -> tuple:
     "KD w/o mask; LeaF per protocol and mask; for every mixed LeaF, KD at its steps."

@@ -285,26 +285,17 @@ class DistillConfig(Config):
     keep_best: bool = True # with eval_steps: the model returned and saved is the one of the best validation score (the earliest on ties)
 
     def __post_init__(self):
-        for k in ("lam", "lam_end"):
-            v = getattr(self, k)
-            if v is not None and not 0 <= v <= 1: raise ValueError(f"DistillConfig.{k} must lie in [0, 1], got {v}")
+        self.check_fraction("lam"); self.check_fraction("lam_end", none_ok=True)
         if not self.temperature > 0: raise ValueError(f"DistillConfig.temperature must be > 0, got {self.temperature}")
-        if self.teacher not in ("cache", "online"): raise ValueError(f"DistillConfig.teacher must be 'cache' or 'online', got {self.teacher!r}")
-        if self.overflow not in ("error", "truncate"): raise ValueError(f"DistillConfig.overflow must be 'error' or 'truncate', got {self.overflow!r}")
-        if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or self.chunk_size < 1):
-            raise ValueError(f"DistillConfig.chunk_size must be a positive int or None, got {self.chunk_size!r}")
-        for k in ("top_k", "batch_size", "grad_accum", "logging_steps", "save_steps", "lora_r"):
-            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1: raise ValueError(f"DistillConfig.{k} must be a positive int, got {getattr(self, k)!r}")
-        if self.cf_per_group < 0: raise ValueError(f"DistillConfig.cf_per_group must be >= 0, got {self.cf_per_group}")
+        self.check_choice("teacher", ("cache", "online")); self.check_choice("overflow", ("error", "truncate"))
+        self.check_choice("protocol", PROTOCOLS); self.check_choice("lam_mode", ("fixed", "token_share"))
+        self.check_int("top_k", "batch_size", "grad_accum", "logging_steps", "save_steps", "lora_r")
+        self.check_int("chunk_size", "eval_steps", none_ok=True); self.check_int("cf_per_group", least=0)
         if self.ce_weight < 0: raise ValueError(f"DistillConfig.ce_weight must be >= 0, got {self.ce_weight}")
         if not (self.epochs > 0 or self.max_steps > 0): raise ValueError("DistillConfig: set epochs > 0 or max_steps > 0")
-        if self.protocol not in PROTOCOLS: raise ValueError(f"DistillConfig.protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
-        if self.lam_mode not in ("fixed", "token_share"): raise ValueError(f"DistillConfig.lam_mode must be 'fixed' or 'token_share', got {self.lam_mode!r}")
         if self.protocol == "mixed" and (self.lam_end is not None or self.lam_mode != "fixed"):
             raise ValueError("DistillConfig: the 'mixed' protocol has no λ (every row is an example of its own); leave lam_end and lam_mode unset")
         if self.lam_mode == "token_share" and self.lam_end is not None: raise ValueError("DistillConfig: lam_end anneals a fixed λ; lam_mode='token_share' has none")
-        if self.eval_steps is not None and (not isinstance(self.eval_steps, int) or self.eval_steps < 1):
-            raise ValueError(f"DistillConfig.eval_steps must be a positive int or None, got {self.eval_steps!r}")
 
     @property
     def kd_only(self) -> bool:

@@ -98,18 +98,11 @@ class ExperimentConfig(Config):
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names) or set(names) & {"Teacher", "Student pre-KD"}:
             raise ValueError(f"ExperimentConfig.variants: names must be unique and not 'Teacher' or 'Student pre-KD', got {names}")
-        if self.strategy not in ("set", "span"): raise ValueError(f"ExperimentConfig.strategy must be 'set' or 'span', got {self.strategy!r}")
-        if self.unit not in UNITS: raise ValueError(f"ExperimentConfig.unit must be one of {UNITS}, got {self.unit!r}")
-        if self.verify not in VERIFY_MODES: raise ValueError(f"ExperimentConfig.verify must be one of {VERIFY_MODES}, got {self.verify!r}")
-        if self.answer_kind is not None and self.answer_kind not in answer_kinds():
-            raise ValueError(f"ExperimentConfig.answer_kind must be one of {answer_kinds()} (the registered answer kinds) or None, got {self.answer_kind!r}")
+        self.check_choice("strategy", ("set", "span")); self.check_choice("unit", UNITS); self.check_choice("verify", VERIFY_MODES)
+        if self.answer_kind is not None: self.check_choice("answer_kind", answer_kinds())
         if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"ExperimentConfig.seeds must be non-negative ints, got {self.seeds!r}")
-        for k in ("n_distill", "n_eval", "top_k"):
-            v = getattr(self, k)
-            if v is not None and (not isinstance(v, int) or v < 1): raise ValueError(f"ExperimentConfig.{k} must be a positive int or None, got {v!r}")
-        for k in ("max_new_tokens", "gen_batch_size"):
-            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1: raise ValueError(f"ExperimentConfig.{k} must be a positive int")
+        self.check_int("n_distill", "n_eval", "top_k", none_ok=True); self.check_int("max_new_tokens", "gen_batch_size")
         if not self.eval_splits: raise ValueError("ExperimentConfig.eval_splits must name at least one split")
         if self.distill.eval_steps and self.val_split is None: raise ValueError("ExperimentConfig: distill.eval_steps needs val_split, the split to score")
         if self.val_split is not None and self.val_split in self.eval_splits:

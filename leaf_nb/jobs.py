@@ -76,8 +76,7 @@ class DetectJob(Config):
         if self.detect is None: self.detect = DetectConfig()
         if self.segments != 0 and (not isinstance(self.segments, int) or self.segments < 2):
             raise ValueError(f"DetectJob.segments must be 0 or an int >= 2, got {self.segments!r}")
-        if self.answer_kind is not None and self.answer_kind not in answer_kinds():
-            raise ValueError(f"DetectJob.answer_kind must be one of {answer_kinds()}, got {self.answer_kind!r}")
+        self.check_choice("answer_kind", answer_kinds(), none_ok=True)
 
 @dataclass
 class PruneJob(Config):
@@ -90,9 +89,7 @@ class PruneJob(Config):
     verify: str = "both" # re-ask the detect job's models: keep what 'both' (or the 'teacher') answer correctly; 'off': keep all
 
     def __post_init__(self):
-        if self.strategy not in STRATEGIES: raise ValueError(f"PruneJob.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.unit not in UNITS: raise ValueError(f"PruneJob.unit must be one of {UNITS}, got {self.unit!r}")
-        if self.verify not in VERIFY_MODES: raise ValueError(f"PruneJob.verify must be one of {VERIFY_MODES}, got {self.verify!r}")
+        self.check_choice("strategy", STRATEGIES); self.check_choice("unit", UNITS); self.check_choice("verify", VERIFY_MODES)
 
 @dataclass
 class DistillJob(Config):
@@ -119,9 +116,7 @@ class EvaluateJob(Config):
     batch_size: int = 32
 
     def __post_init__(self):
-        if self.answer_kind not in answer_kinds(): raise ValueError(f"EvaluateJob.answer_kind must be one of {answer_kinds()}, got {self.answer_kind!r}")
-        for k in ("max_new_tokens", "batch_size"):
-            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1: raise ValueError(f"EvaluateJob.{k} must be a positive int")
+        self.check_choice("answer_kind", answer_kinds()); self.check_int("max_new_tokens", "batch_size")
 
 
 # %% ../nbs/08b_jobs.ipynb #746f073f

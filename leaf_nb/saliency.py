@@ -192,11 +192,8 @@ class ThresholdRule(Config):
     unit: str = "token" # 'token', or 'clause': a clause scores its lowest Δĝ (min-max normalised over the clauses) and is flagged whole
 
     def __post_init__(self):
-        if self.rule not in RULES: raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
-        if self.unit not in RULE_UNITS: raise ValueError(f"unit must be one of {RULE_UNITS}, got {self.unit!r}")
-        for k in ("tau", "quantile", "cap"):
-            v = getattr(self, k)
-            if not isinstance(v, (int, float)) or not 0 <= v <= 1: raise ValueError(f"{k} must be in [0, 1], got {v!r}")
+        self.check_choice("rule", RULES); self.check_choice("unit", RULE_UNITS)
+        self.check_fraction("tau", "quantile", "cap")
         if not self.iqr_k >= 0: raise ValueError(f"iqr_k must be >= 0, got {self.iqr_k!r}")
 
     def scores(self, delta, groups=None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -328,13 +325,11 @@ class DetectConfig(Config):
 
     def __post_init__(self):
         if self.threshold is None: self.threshold = ThresholdRule("quantile", quantile=0.1, unit="clause")
-        if self.selection not in SELECTIONS: raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
-        if self.reference not in ("response", "teacher"): raise ValueError(f"reference must be 'response' or 'teacher', got {self.reference!r}")
+        self.check_choice("selection", SELECTIONS); self.check_choice("reference", ("response", "teacher"))
         if self.student_reference is not None and (not isinstance(self.student_reference, str) or not self.student_reference.strip()):
             raise ValueError(f"student_reference must be a non-empty format string or None, got {self.student_reference!r}")
         if self.reference == "teacher" and not self.select: raise ValueError("reference='teacher' needs select=True (the teacher's responses come from selection)")
-        for k in ("batch_size", "gen_batch_size", "max_new_tokens", "shard_size"):
-            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1: raise ValueError(f"{k} must be an integer >= 1, got {getattr(self, k)!r}")
+        self.check_int("batch_size", "gen_batch_size", "max_new_tokens", "shard_size")
 
 # %% ../nbs/02_saliency.ipynb #d837f748
 def apply_rule(

@@ -59,9 +59,7 @@ class SandboxConfig(Config):
     def __post_init__(self):
         if not isinstance(self.timeout, (int, float)) or not 0 < self.timeout <= 3600:
             raise ValueError(f"SandboxConfig.timeout must be in (0, 3600] seconds, got {self.timeout!r}")
-        for k, lo in (("memory_mb", 64), ("output_kb", 1), ("max_files", 16), ("tail", 0)):
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo: raise ValueError(f"SandboxConfig.{k} must be an int >= {lo}, got {v!r}")
+        for k, lo in (("memory_mb", 64), ("output_kb", 1), ("max_files", 16), ("tail", 0)): self.check_int(k, least=lo)
         if isinstance(self.read_paths, (str, Path)) or not all(isinstance(p, (str, Path)) for p in self.read_paths):
             raise ValueError(f"SandboxConfig.read_paths must be a tuple of paths, got {self.read_paths!r}")
 

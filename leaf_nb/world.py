@@ -76,11 +76,8 @@ class TaskConfig(Config):
     code_distractor: str = "comment" # 'comment' (`# batch 7`) or 'assign' (an unused `z = 7`: the hard variant)
 
     def __post_init__(self):
-        for k in ("distractor_rate", "spurious_rate", "response_distractor_rate"):
-            v = getattr(self, k)
-            if not isinstance(v, (int, float)) or not 0 <= v <= 1: raise ValueError(f"TaskConfig.{k} must be in [0, 1], got {v!r}")
-        if self.response_style not in ("steps", "answer"): raise ValueError(f"TaskConfig.response_style must be 'steps' or 'answer', got {self.response_style!r}")
-        if self.code_distractor not in ("comment", "assign"): raise ValueError(f"TaskConfig.code_distractor must be 'comment' or 'assign', got {self.code_distractor!r}")
+        self.check_fraction("distractor_rate", "spurious_rate", "response_distractor_rate")
+        self.check_choice("response_style", ("steps", "answer")); self.check_choice("code_distractor", ("comment", "assign"))
         if not 1 <= self.min_ops <= self.max_ops: raise ValueError(f"TaskConfig needs 1 <= min_ops <= max_ops, got {self.min_ops}, {self.max_ops}")
         for k in ("start_range", "op_range", "distractor_range"):
             r = getattr(self, k)
@@ -330,8 +327,7 @@ class WorldConfig(Config):
     def __post_init__(self):
         bad = [f for f in self.families if f not in FAMILIES]
         if bad or not self.families: raise ValueError(f"WorldConfig.families must be a non-empty subset of {FAMILIES}, got {self.families!r}")
-        for k in ("n_train", "n_distill", "n_eval", "max_new_tokens"):
-            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1: raise ValueError(f"WorldConfig.{k} must be a positive int")
+        self.check_int("n_train", "n_distill", "n_eval", "max_new_tokens")
 
 SPLITS = ("teacher_train", "student_train", "distill", "validation", "test", "test_clean")
 

@@ -93,7 +93,7 @@ def test_bad_input_is_named(world):
         saliency_encoding({**row, "instruction": "\n"}, tok)
     with pytest.raises(ValueError, match="math-test-0-0.*exceed"):
         saliency_encoding(row, tok, max_length=8)
-    with pytest.raises(ValueError, match="tau must be in"):
+    with pytest.raises(ValueError, match="tau must lie in"):
         DetectConfig(threshold=ThresholdRule(tau=1.2))
     with pytest.raises(ValueError, match="reference"):
         DetectConfig(reference="gold")

@@ -68,8 +68,8 @@ def test_spurious_rate_sets_the_agreement(family):
 
 
 @pytest.mark.parametrize("kw, msg", [
-    (dict(spurious_rate=-0.1), "spurious_rate must be in [0, 1]"),
-    (dict(distractor_rate=1.2), "distractor_rate must be in [0, 1]"),
+    (dict(spurious_rate=-0.1), "spurious_rate must lie in [0, 1]"),
+    (dict(distractor_rate=1.2), "distractor_rate must lie in [0, 1]"),
     (dict(response_distractor_rate=2), "response_distractor_rate"),
     (dict(min_ops=0), "min_ops"),
     (dict(min_ops=3, max_ops=2), "min_ops"),
