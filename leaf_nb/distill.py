@@ -582,9 +582,10 @@ class _Validation(TrainerCallback):
         if best is None or not self.keep_best: return None
         if best["step"] != self.curve[-1]["step"] or best["score"] != self.curve[-1]["score"]:
             from safetensors.torch import load_file
-            missing = set(n for n, p in model.named_parameters() if p.requires_grad) - set(load_file(str(self.out / BEST_FILE)))
+            saved = load_file(str(self.out / BEST_FILE))
+            missing = set(n for n, p in model.named_parameters() if p.requires_grad) - set(saved)
             if missing: raise ValueError(f"{self.out / BEST_FILE} lacks {len(missing)} trained parameters; remove the folder and rerun")
-            model.load_state_dict(load_file(str(self.out / BEST_FILE)), strict=False)
+            model.load_state_dict(saved, strict=False)
         return best["step"]
 
 def _default_cache(out, groups, cfg, teacher, tokenizer, max_length, progress):
