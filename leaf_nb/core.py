@@ -13,11 +13,12 @@ import logging
 import os
 import random
 import re
+import shutil
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import datasets
 import numpy as np
@@ -30,7 +31,7 @@ __all__ = ['logger', 'EXAMPLE_FEATURES', 'REQUIRED_FIELDS', 'SMOLLM2_GGUF', 'SOU
            'ensure_pad_token', 'load_tokenizer', 'load_model', 'load_pretrained', 'toy_tokenizer', 'toy_model',
            'smollm2_path', 'smollm2_gguf', 'PairCheck', 'logit_rows', 'check_pair', 'format_prompt', 'encode',
            'token_mask', 'remove_spans', 'clause_spans', 'pad_encodings', 'encode_batch', 'generate', 'write_atomic',
-           'same_length', 'read_jsonl', 'write_jsonl', 'fingerprint', 'length_batches', 'trunk_and_head']
+           'same_length', 'read_jsonl', 'write_jsonl', 'fingerprint', 'length_batches', 'trunk_and_head', 'RunFolder']
 
 # %% ../nbs/00_core.ipynb #67485f3f
 logger = logging.getLogger("leaf_nb")
@@ -702,3 +703,61 @@ def trunk_and_head(model):
     head, trunk = model.get_output_embeddings(), getattr(model, "base_model", None)
     if head is None or trunk is None or trunk is model: return None
     return trunk, head
+
+# %% ../nbs/00_core.ipynb #efa5aee7
+class RunFolder:
+    "A folder of resumable work: a manifest of what the work is made from, and the parts already finished."
+    def __init__(self,
+                 path: str | Path,
+                 manifest: Mapping | Config, # the settings and input fingerprints the work depends on (JSON-able; a config is saved with its class)
+                 what: str = "a run", # names the work in errors: '{path} holds {what} made with other ...'
+                 file: str = "config.json", # the manifest's file in the folder
+                 finished: Callable[[Path], bool] | None = None): # does the folder hold finished work? (default: a shard)
+        if isinstance(manifest, Config): manifest = {"config": type(manifest).__name__, **manifest.to_dict()}
+        self.path, self.what, self.file = Path(path), what, file
+        self.manifest = json.loads(json.dumps(manifest))
+        self.finished = finished or (lambda p: any(p.glob("shard-*")))
+
+    def __repr__(self): return f"RunFolder({str(self.path)!r}, {self.what!r})"
+
+    def saved(self) -> dict | None:
+        "The manifest saved in the folder, if any."
+        p = self.path / self.file
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    def check(self) -> "RunFolder":
+        "Refuse a folder whose finished work was made from another manifest; write nothing."
+        old = self.saved()
+        if old is not None and old != self.manifest and self.path.is_dir() and self.finished(self.path):
+            diff = sorted(k for k in self.manifest.keys() | old.keys() if old.get(k) != self.manifest.get(k))
+            raise ValueError(f"{self.path} holds {self.what} made with other {', '.join(diff)}; use a new folder")
+        return self
+
+    def claim(self, write: bool = True) -> "RunFolder":
+        "`check`, then save the manifest (unless `write` is False: under several processes only the main one writes)."
+        old = self.check().saved()
+        if write and old != self.manifest:
+            if old is not None: logger.info(f"{self.path}: no finished work under the earlier settings; they are replaced")
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path / self.file, json.dumps(self.manifest, indent=1) + "\n")
+        return self
+
+    def shards(self, n: int, size: int, suffix: str = "") -> list[tuple[slice, Path]]:
+        "(rows, path) of every shard of `n` rows cut in parts of `size`: shard-00000{suffix}, ...; a shard whose path exists is finished."
+        if not isinstance(size, int) or size < 1: raise ValueError(f"shard size must be a positive int, got {size!r}")
+        return [(slice(s, min(s + size, n)), self.path / f"shard-{s // size:05d}{suffix}") for s in range(0, n, size)]
+
+    def write(self, name: str, text: str) -> Path:
+        "Write a file of the folder whole or not at all."
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path / name, text)
+        return self.path / name
+
+    def write_dir(self, path: str | Path, save: Callable[[Path], None]) -> Path:
+        "Make the folder `path` whole or not at all: `save(tmp)` fills a temporary folder, which is then renamed."
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save(tmp)
+        tmp.rename(path)
+        return path

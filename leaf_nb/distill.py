@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from .core import (Config, check_pair, fingerprint, length_batches, load_model, logit_rows, read_jsonl, trunk_and_head, write_atomic,
+from .core import (Config, RunFolder, check_pair, fingerprint, length_batches, load_model, logit_rows, read_jsonl, trunk_and_head, write_atomic,
                           write_jsonl)
 from .saliency import saliency_encoding
 
@@ -438,21 +438,14 @@ def teacher_cache(
     k = min(k, vocab)
     encs = [_slim_encoding(r, tokenizer, max_length, overflow, i) for i, r in enumerate(rows)]
     if len(set(e["id"] for e in encs)) != len(encs): raise ValueError("teacher_cache: row ids must be unique")
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    n_shards = -(-len(rows) // shard_size)
-    manifest = {"k": k, "temperature": float(temperature), "vocab": vocab, "n_rows": len(rows),
-                "n_shards": n_shards, "rows": _rows_fingerprint(encs), "teacher": _model_fingerprint(teacher), "shard_size": shard_size}
-    if (out / CACHE_FILE).is_file():
-        old = json.loads((out / CACHE_FILE).read_text())
-        if old != manifest:
-            diff = sorted(key for key in manifest if old.get(key) != manifest[key])
-            raise ValueError(f"{out} holds a teacher cache made with other {', '.join(diff)}; use a new folder")
+    manifest = {"k": k, "temperature": float(temperature), "vocab": vocab, "n_rows": len(rows), "n_shards": -(-len(rows) // shard_size),
+                "rows": _rows_fingerprint(encs), "teacher": _model_fingerprint(teacher), "shard_size": shard_size}
+    folder = RunFolder(out_dir, manifest, "a teacher cache", CACHE_FILE).claim()
     was_training, dev = teacher.training, next(teacher.parameters()).device
     teacher.eval()
     bar = tqdm(total=len(rows), desc="teacher cache", unit="row", disable=not progress)
-    for s in range(n_shards):
-        part = encs[s * shard_size:(s + 1) * shard_size]
-        path = out / f"shard-{s:05d}"
+    for sl, path in folder.shards(len(encs), shard_size):
+        part = encs[sl]
         if not path.is_dir():
             cols = {"id": [], "n_target": [], "topk_ids": [None] * len(part), "topk_logp": [None] * len(part)}
             for b in length_batches([len(e["input_ids"]) for e in part], batch_size):
@@ -468,15 +461,11 @@ def teacher_cache(
             cols["id"], cols["n_target"] = [e["id"] for e in part], [e["n_target"] for e in part]
             feats = datasets.Features({"id": datasets.Value("string"), "n_target": datasets.Value("int32"),
                                        "topk_ids": datasets.List(datasets.Value("int32")), "topk_logp": datasets.List(datasets.Value("float32"))})
-            tmp = out / f".shard-{s:05d}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            with _quiet(progress): datasets.Dataset.from_dict(cols, features=feats).save_to_disk(str(tmp))
-            tmp.rename(path)
+            with _quiet(progress): folder.write_dir(path, lambda tmp: datasets.Dataset.from_dict(cols, features=feats).save_to_disk(str(tmp)))
         bar.update(len(part))
     bar.close()
     teacher.train(was_training)
-    if not (out / CACHE_FILE).is_file(): write_atomic(out / CACHE_FILE, json.dumps(manifest, indent=1) + "\n")
-    return TeacherCache(out)
+    return TeacherCache(folder.path)
 
 # %% ../nbs/05_distill.ipynb #a567a7f8
 class _EpochToCollator(TrainerCallback):
@@ -598,6 +587,10 @@ def _default_cache(out, groups, cfg, teacher, tokenizer, max_length, progress):
     return teacher_cache(teacher, tokenizer, rows, path, k=cfg.top_k, temperature=cfg.temperature, max_length=max_length,
                          overflow=cfg.overflow, progress=progress)
 
+def _trained(out: Path) -> bool:
+    "Does a distillation folder hold finished work: a model, a checkpoint or a validation curve?"
+    return (out / "model").exists() or (out / CURVE_FILE).is_file() or any(out.glob("checkpoint-*"))
+
 def _last_checkpoint(out: Path, remove_partial: bool = True) -> str | None:
     "The newest checkpoint whose trainer_state.json (written last) reads back; newer ones cut off mid-write are removed."
     found = [(int(m[1]), p) for p in out.glob("checkpoint-*") if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
@@ -655,9 +648,7 @@ def distill(
     max_length = cfg.max_length or getattr(_unwrap(student).config, "max_position_embeddings", None)
     data = GroupDataset(groups, tokenizer, max_length, cfg.overflow, drop_counterfactuals=cfg.kd_only)
     used = [r for g in data.groups for r in (g["original"], *g["counterfactuals"])]
-    saved_cfg = out / "distill_config.json"
-    if saved_cfg.is_file() and DistillConfig.load(saved_cfg) != cfg:
-        raise ValueError(f"{out} holds a run with other settings ({saved_cfg}); use a new folder")
+    folder = RunFolder(out, cfg, "a distillation run", "distill_config.json", finished=_trained).check()
     if (out / "model" / "config.json").is_file() and (out / "history.json").is_file():
         return _finished(out, cfg, student)
     args = _training_args(cfg, out, progress)
@@ -666,8 +657,7 @@ def distill(
             with args.main_process_first(local=False): cache = _default_cache(out, groups, cfg, teacher, tokenizer, max_length, progress)
         cache = _checked_cache(cache, cfg, student, tokenizer, [e["id"] for e in used])
     else: cache = None
-    out.mkdir(parents=True, exist_ok=True)
-    if args.should_save: cfg.save(saved_cfg)
+    folder.claim(write=args.should_save)
     model = student
     if cfg.lora:
         from peft import LoraConfig, get_peft_model

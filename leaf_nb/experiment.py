@@ -14,7 +14,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from .core import Config, generate, load_model, read_jsonl, row_name, validate_examples, write_atomic, write_jsonl
+from .core import Config, RunFolder, generate, load_model, read_jsonl, row_name, validate_examples, write_atomic, write_jsonl
 from .distill import PROTOCOLS, DistillConfig, TeacherCache, distill, optimizer_steps, teacher_cache, training_groups
 from .evaluate import answer_check, answer_kinds, check_answers, markdown_table
 from .pruning import UNITS, VERIFY_MODES, counterfactuals, verified_counterfactuals
@@ -281,17 +281,10 @@ def _fingerprint_data(data) -> str:
             for r in data[f][s]: h.update(json.dumps([f, s, r["id"], r["instruction"], r.get("response"), r.get("answer")]).encode())
     return h.hexdigest()[:16]
 
-def _check_folder(out: Path, cfg: ExperimentConfig, fingerprint: str):
-    manifest = {"config": cfg.to_dict(), "data": fingerprint}
-    path = out / "experiment.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(manifest)):
-            what = [k for k in manifest if json.loads(json.dumps(manifest[k])) != old.get(k)]
-            raise ValueError(f"{out} holds an experiment with other {' and '.join(what)}; use a new folder (or delete it)")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(manifest, indent=1) + "\n")
+def _claim_folder(out: Path, cfg: ExperimentConfig, fingerprint: str) -> RunFolder:
+    "The experiment's folder, claimed: a folder with a finished stage keeps its config and data."
+    return RunFolder(out, {"config": cfg.to_dict(), "data": fingerprint}, "an experiment", "experiment.json",
+                     finished=lambda p: any((p / "stages").glob("*.json"))).claim()
 
 # %% ../nbs/08_experiment.ipynb #94dd59e2
 def _dropped(c: Mapping) -> dict: return {k[len("dropped_"):]: n for k, n in c.items() if k.startswith("dropped_")}
@@ -497,7 +490,7 @@ def run_experiment(
     "Selection → detection → pruning (+ response splitting) → teacher cache → distillation variants × seeds → evaluation → report."
     data = _inputs(cfg, data)
     out = Path(out_dir)
-    _check_folder(out, cfg, _fingerprint_data(data))
+    _claim_folder(out, cfg, _fingerprint_data(data))
     run = _Run(cfg, out, teacher, student, tokenizer, data, progress, log)
     det_counts = run.detection()
     prune_counts = run.pruning()

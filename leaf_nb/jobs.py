@@ -5,14 +5,14 @@
 # %% ../nbs/08b_jobs.ipynb #be06d0dd
 from __future__ import annotations
 
-import json, logging
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import datasets
 
-from .core import Config, ModelConfig, check_pair, generate, load_pretrained, read_jsonl, validate_examples, write_atomic, write_jsonl
+from .core import Config, ModelConfig, RunFolder, check_pair, generate, load_pretrained, read_jsonl, validate_examples, write_atomic, write_jsonl
 from .distill import DistillConfig, distill
 from .evaluate import accuracy_ci, answer_check, answer_kinds, check_answers
 from .experiment import ExperimentConfig
@@ -51,14 +51,8 @@ def _job_kind(job, field: str = "answer_kind") -> str:
     return kind
 
 def _start_job(job: Config, out: str | Path, finished: Callable[[Path], bool]) -> Path:
-    "Save the job's config in its folder. A folder holding finished work (`finished(out)`) keeps its config: a rerun must match it; one without takes the new config."
-    out = Path(out)
-    saved = out / "job.json"
-    if saved.is_file() and type(job).load(saved) != job:
-        if finished(out): raise ValueError(f"{out} holds a {type(job).__name__} with other settings ({saved}) and its results; use a new folder")
-        logging.getLogger("leaf_nb").info(f"{out}: no finished work under the earlier {type(job).__name__}; its config is replaced")
-    job.save(saved)
-    return out
+    "Claim the job's folder (its config in job.json): one that holds finished work (`finished(out)`) must match; one without takes the new config."
+    return RunFolder(out, job, f"a {type(job).__name__}", "job.json", finished).claim().path
 
 # %% ../nbs/08b_jobs.ipynb #2355a0f2
 @dataclass

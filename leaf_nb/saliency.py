@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, check_pair, clause_spans, encode, fingerprint, generate,
-                          length_batches, pad_encodings, remove_spans, row_name, trunk_and_head, validate_examples, write_atomic)
+from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, RunFolder, check_pair, clause_spans, encode, fingerprint, generate,
+                          length_batches, pad_encodings, remove_spans, row_name, trunk_and_head, validate_examples)
 
 # %% auto #0
 __all__ = ['RULES', 'RULE_UNITS', 'SELECTIONS', 'frozen', 'saliency_batch', 'saliency_encoding', 'Saliency', 'input_saliency',
@@ -454,22 +454,13 @@ def detect(
     rows = validate_examples(rows, require_response=cfg.reference == "response")
     if not rows: raise ValueError("detect needs at least one row")
     check_pair(tokenizer, tokenizer, teacher, student)
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {"config": cfg.to_dict(), "n_rows": len(rows), "ids": fingerprint(r["id"] for r in rows)}
-    old = json.loads((out_dir / "config.json").read_text()) if (out_dir / "config.json").is_file() else None
-    if old is not None and old != manifest and any(out_dir.glob("shard-*.jsonl")):  # a folder without a finished shard takes new settings
-        diff = sorted(k for k in manifest if old.get(k) != manifest[k])
-        raise ValueError(f"{out_dir} holds detections made with other {', '.join(diff)}; use a new folder")
-    if old != manifest: write_atomic(out_dir / "config.json", json.dumps(manifest, indent=1) + "\n")
-    n_shards = -(-len(rows) // cfg.shard_size)
+    folder = RunFolder(out_dir, {"config": cfg.to_dict(), "n_rows": len(rows), "ids": fingerprint(r["id"] for r in rows)}, "detections").claim()
     bar = tqdm(total=len(rows), desc="detect", unit="row", disable=not progress)
-    for s in range(n_shards):
-        part = rows[s * cfg.shard_size:(s + 1) * cfg.shard_size]
-        path = out_dir / f"shard-{s:05d}.jsonl"
+    for part, path in folder.shards(len(rows), cfg.shard_size, ".jsonl"):
         if not path.is_file():
-            res = _detect_shard(teacher, student, tokenizer, part, cfg, check, [r["id"] for r in part])
-            write_atomic(path, "".join(json.dumps(r) + "\n" for r in res))
-        bar.update(len(part))
+            res = _detect_shard(teacher, student, tokenizer, rows[part], cfg, check, [r["id"] for r in rows[part]])
+            folder.write(path.name, "".join(json.dumps(r) + "\n" for r in res))
+        bar.update(len(rows[part]))
     bar.close()
     ds = load_detections(out_dir)
     counts = {k: ds["status"].count(k) for k in ("flagged", "not_selected", "nonfinite")}
