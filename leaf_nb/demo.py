@@ -177,21 +177,20 @@ def regime_map(
 ) -> pd.DataFrame:
     "Run every cell of the map; one row per (cell, protocol, mask, seed): LeaF's and KD's accuracy at equal steps and their difference."
     world = world or load_world(rc.experiment.world)
-    fams, rows = rc.experiment.families, []
-    for r in rc.spurious_rates:
-        corpus = {f: distill_corpus(world, f, r, rc.n_distill) for f in fams}
-        for sel in rc.selections:
-            for ep in rc.epochs:
-                kd_steps = optimizer_steps(sum(len(c) for c in corpus.values()), replace(rc.experiment.distill, epochs=ep, max_steps=-1))
+    fams, rows, corpora = rc.experiment.families, [], {}
+    for ep in rc.epochs:  # the whole map at the smallest budget first: an interrupted map is still a map
+        for r in rc.spurious_rates:
+            corpus = corpora.setdefault(r, {f: distill_corpus(world, f, r, rc.n_distill) for f in fams})
+            kd_steps = optimizer_steps(sum(len(c) for c in corpus.values()), replace(rc.experiment.distill, epochs=ep, max_steps=-1))
+            for sel in rc.selections:
                 cfg = regime_cell(rc, r, ep, sel, kd_steps)
                 data = {f: {"distill": corpus[f], **{s: list(world.splits[f][s]) for s in cfg.splits[1:]}} for f in fams}
                 name = f"spurious{r}-epochs{ep:g}-{sel}"
                 if log: log(f"[regime] {name}")
                 res = run_experiment(cfg, Path(out_dir) / name, world.teacher, world.student, world.tokenizer, data, progress=False)
                 rows += _cell_rows(res, rc, dict(spurious_rate=r, epochs=ep, selection=sel))
-    frame = pd.DataFrame(rows)
-    write_atomic(Path(out_dir) / "regime.json", frame.to_json(orient="records", indent=1) + "\n")
-    return frame
+                write_atomic(Path(out_dir) / "regime.json", pd.DataFrame(rows).to_json(orient="records", indent=1) + "\n")  # the cells so far
+    return pd.DataFrame(rows)
 
 # %% ../nbs/08c_demo.ipynb #e1386fec
 def regime_table(frame: pd.DataFrame) -> pd.DataFrame:
