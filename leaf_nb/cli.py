@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole pipeline on the shipped causal world; prints Table 1 in miniature")
     d.add_argument("--out", default="leaf_nb_demo", help="experiment folder (a rerun resumes; default: %(default)s)")
     d.add_argument("--config", help="an ExperimentConfig JSON file (default: the demo's settings)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars: one log line per finished stage only")
     for name, (cls, text) in COMMANDS.items():
         j = sub.add_parser(name, help=text)
         j.add_argument("config", help=f"a {cls} JSON file (`leaf_nb template {name}` writes one)")
@@ -47,7 +48,7 @@ def _run(args, out) -> int:
     if args.command == "demo":
         from leaf_nb.demo import demo
         from leaf_nb.experiment import ExperimentConfig
-        demo(args.out, _load(ExperimentConfig, args.config) if args.config else None, log=out)
+        demo(args.out, _load(ExperimentConfig, args.config) if args.config else None, log=out, progress=not args.quiet)
         return 0
     from leaf_nb import jobs as J
     if args.command == "template":

@@ -16,6 +16,7 @@ import re
 import shutil
 import types
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -27,11 +28,12 @@ import torch
 # %% auto #0
 __all__ = ['logger', 'EXAMPLE_FEATURES', 'REQUIRED_FIELDS', 'SMOLLM2_GGUF', 'SOURCE_PAD', 'SOURCE_SPECIAL', 'SOURCE_INSTRUCTION',
            'SOURCE_RESPONSE', 'PLAIN_TEMPLATE', 'row_name', 'validate_example', 'validate_examples', 'to_dataset',
-           'Config', 'ModelConfig', 'seed_everything', 'pick_device', 'pick_dtype', 'ModelNotFoundError',
-           'ensure_pad_token', 'load_tokenizer', 'load_model', 'load_pretrained', 'toy_tokenizer', 'toy_model',
-           'smollm2_path', 'smollm2_gguf', 'PairCheck', 'logit_rows', 'check_pair', 'format_prompt', 'encode',
-           'token_mask', 'remove_spans', 'clause_spans', 'pad_encodings', 'encode_batch', 'generate', 'write_atomic',
-           'same_length', 'read_jsonl', 'write_jsonl', 'fingerprint', 'length_batches', 'trunk_and_head', 'RunFolder']
+           'Config', 'ModelConfig', 'seed_everything', 'pick_device', 'pick_dtype', 'ModelNotFoundError', 'quiet_bars',
+           'progress_bar', 'ensure_pad_token', 'load_tokenizer', 'load_model', 'load_pretrained', 'toy_tokenizer',
+           'toy_model', 'smollm2_path', 'smollm2_gguf', 'PairCheck', 'logit_rows', 'check_pair', 'format_prompt',
+           'encode', 'token_mask', 'remove_spans', 'clause_spans', 'pad_encodings', 'encode_batch', 'generate',
+           'write_atomic', 'same_length', 'read_jsonl', 'write_jsonl', 'fingerprint', 'length_batches',
+           'trunk_and_head', 'RunFolder']
 
 # %% ../nbs/00_core.ipynb #67485f3f
 logger = logging.getLogger("leaf_nb")
@@ -317,6 +319,30 @@ def _need_gguf():
     if importlib.util.find_spec("gguf") is None:
         raise ImportError("loading a .gguf file needs the `gguf` package: pip install gguf  (or the leaf_nb[smol] extra)")
 
+# %% ../nbs/00_core.ipynb #877696a8
+@contextmanager
+def quiet_bars(quiet: bool = True):
+    "Inside the block, no progress bars from transformers (loading weights, GGUF conversion) or datasets (saving shards); the caller's settings come back after."
+    if not quiet: yield; return
+    from transformers.utils import logging as hf_log
+    was_hf, was_ds = hf_log.is_progress_bar_enabled(), not datasets.are_progress_bars_disabled()
+    try: import transformers.modeling_gguf_pytorch_utils as gguf_mod  # draws its own tqdm bar
+    except ImportError: gguf_mod = None
+    old_tqdm = getattr(gguf_mod, "tqdm", None)
+    hf_log.disable_progress_bar(); datasets.disable_progress_bars()
+    if old_tqdm is not None: gguf_mod.tqdm = lambda it, *a, **kw: it
+    try: yield
+    finally:
+        if old_tqdm is not None: gguf_mod.tqdm = old_tqdm
+        if was_hf: hf_log.enable_progress_bar()
+        if was_ds: datasets.enable_progress_bars()
+
+def progress_bar(total: int, desc: str, unit: str = "it", disable: bool = False, **kw):
+    "A tqdm bar with rate and ETA; opened inside another open bar (a stage of a pipeline) it is cleared when done, so the outer bar stays."
+    from tqdm.auto import tqdm
+    nested = any(not getattr(b, "disable", True) for b in list(getattr(tqdm, "_instances", ())))
+    return tqdm(total=total, desc=desc, unit=unit, disable=disable, leave=not nested, dynamic_ncols=True, **kw)
+
 # %% ../nbs/00_core.ipynb #d654f29b
 def ensure_pad_token(tokenizer):
     "Give `tokenizer` a pad token when it has none (its eos, else unk), with a logged warning."
@@ -341,7 +367,7 @@ def load_tokenizer(
     src, gguf = _locate(name_or_path, gguf_file, "tokenizer")
     kw = dict(local_files_only=True, trust_remote_code=trust_remote_code)
     if gguf: _need_gguf(); kw["gguf_file"] = gguf
-    tok = ensure_pad_token(AutoTokenizer.from_pretrained(src, **kw))
+    with quiet_bars(): tok = ensure_pad_token(AutoTokenizer.from_pretrained(src, **kw))
     if padding_side: tok.padding_side = padding_side
     return tok
 
@@ -360,7 +386,8 @@ def load_model(
     kw = dict(local_files_only=True, trust_remote_code=trust_remote_code, dtype=pick_dtype(dtype, dev))
     if attn_implementation is not None: kw["attn_implementation"] = attn_implementation
     if gguf: _need_gguf(); kw["gguf_file"] = gguf
-    return AutoModelForCausalLM.from_pretrained(src, **kw).to(dev).eval()
+    with quiet_bars(): model = AutoModelForCausalLM.from_pretrained(src, **kw)
+    return model.to(dev).eval()
 
 def load_pretrained(cfg: ModelConfig):
     "Load `(model, tokenizer)` as `cfg` says."
@@ -650,19 +677,20 @@ def generate(
 ) -> list[str]:
     "Greedy responses to `examples`, one string each (special tokens removed); with `continue_response`, only the continuation."
     if max_new_tokens < 1 or batch_size < 1: raise ValueError("max_new_tokens and batch_size must be >= 1")
-    from tqdm.auto import tqdm
     rows = [{"id": e.get("id"), "instruction": e.get("instruction"),
              "response": (e.get("response") or "")[:e.get("target_start") or 0] if continue_response else ""} for e in examples]
     kw = dict(system_prompt=system_prompt, template=template, add_eos=False)
     dev, out = next(model.parameters()).device, []
-    starts = range(0, len(rows), batch_size)
-    for i in tqdm(starts, desc="generate", disable=not progress):
+    bar = progress_bar(len(rows), "generate", "row", disable=not progress)
+    for i in range(0, len(rows), batch_size):
         b = pad_encodings([encode(r, tokenizer, with_response=bool(r["response"]), **kw) for r in rows[i:i + batch_size]],
                           tokenizer.pad_token_id, "left")
         ids = model.generate(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev),
                              max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         out += tokenizer.batch_decode(ids[:, b["input_ids"].shape[1]:], skip_special_tokens=True)
+        bar.update(len(b["input_ids"]))
+    bar.close()
     return out
 
 # %% ../nbs/00_core.ipynb #83eb51b1

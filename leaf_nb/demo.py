@@ -47,6 +47,7 @@ def demo(
     out_dir: str | Path = "leaf_nb_demo", # the experiment folder (a rerun reads finished stages back)
     cfg: ExperimentConfig | None = None, # default: `demo_config()`
     log: Callable[[str], None] = print,
+    progress: bool = True, # an overall bar over the stages, and one inside each long stage (steps, rows) with rate and ETA
 ) -> ExperimentResult:
     "Run LeaF end to end on the shipped causal world and print Table 1 in miniature."
     cfg = cfg or demo_config()
@@ -54,7 +55,7 @@ def demo(
     t0 = time.time()
     log(f"LeaF on the shipped causal world: families {', '.join(cfg.families)}, variants {', '.join(v.name for v in cfg.variants)}, "
         f"seeds {list(cfg.seeds)}; writing to {out_dir}")
-    res = run_experiment(cfg, out_dir, *world_inputs(cfg), progress=False, log=log)
+    res = run_experiment(cfg, out_dir, *world_inputs(cfg), progress=progress, log=log)
     for f in cfg.families:
         c = res.counts[f]
         log(f"{f}: {c['distill_prompts']} distillation prompts, {c['flagged']} selected (student wrong, teacher right)")

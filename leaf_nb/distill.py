@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json, math, random, re, shutil, warnings
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,7 +20,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from .core import (Config, RunFolder, check_pair, fingerprint, length_batches, load_model, logit_rows, read_jsonl, trunk_and_head, write_atomic,
+from .core import (Config, RunFolder, check_pair, fingerprint, length_batches, load_model, logit_rows, progress_bar, quiet_bars, read_jsonl, trunk_and_head,
+                          write_atomic,
                           write_jsonl)
 from .saliency import saliency_encoding
 
@@ -364,18 +364,6 @@ class PairCollator:
 # %% ../nbs/05_distill.ipynb #2dd4d063
 CACHE_FILE = "cache_config.json"
 
-@contextmanager
-def _quiet(progress: bool):
-    "Silence the progress bars of `datasets` and `transformers` (saving shards, writing weights) unless `progress`."
-    from transformers.utils import logging as hf_log
-    was = datasets.are_progress_bars_disabled(), not hf_log.is_progress_bar_enabled()
-    if not progress: datasets.disable_progress_bars(); hf_log.disable_progress_bar()
-    try: yield
-    finally:
-        if not progress:
-            if not was[0]: datasets.enable_progress_bars()
-            if not was[1]: hf_log.enable_progress_bar()
-
 def _rows_fingerprint(encs) -> str:
     "A hash of the rows as the model sees them: ids, token ids and target labels."
     return fingerprint(json.dumps([e["id"], e["input_ids"], e["labels"]]) for e in encs)
@@ -429,7 +417,6 @@ def teacher_cache(
     progress: bool = True,
 ) -> TeacherCache:
     "Run the teacher once over `rows` and store its top-k log-probabilities per target token; resumes after a crash."
-    from tqdm.auto import tqdm
     rows = list(rows)
     if not rows: raise ValueError("teacher_cache needs at least one row")
     if not isinstance(k, int) or k < 1: raise ValueError(f"k must be a positive int, got {k!r}")
@@ -443,7 +430,7 @@ def teacher_cache(
     folder = RunFolder(out_dir, manifest, "a teacher cache", CACHE_FILE).claim()
     was_training, dev = teacher.training, next(teacher.parameters()).device
     teacher.eval()
-    bar = tqdm(total=len(rows), desc="teacher cache", unit="row", disable=not progress)
+    bar = progress_bar(len(rows), "teacher cache", "row", disable=not progress)
     for sl, path in folder.shards(len(encs), shard_size):
         part = encs[sl]
         if not path.is_dir():
@@ -458,11 +445,12 @@ def teacher_cache(
                 counts = [part[i]["n_target"] for i in b]
                 for i, ti, tp in zip(b, top.indices.cpu().split(counts), top.values.cpu().split(counts)):
                     cols["topk_ids"][i], cols["topk_logp"][i] = ti.int().flatten().tolist(), tp.flatten().tolist()
+                bar.update(len(b))
             cols["id"], cols["n_target"] = [e["id"] for e in part], [e["n_target"] for e in part]
             feats = datasets.Features({"id": datasets.Value("string"), "n_target": datasets.Value("int32"),
                                        "topk_ids": datasets.List(datasets.Value("int32")), "topk_logp": datasets.List(datasets.Value("float32"))})
-            with _quiet(progress): folder.write_dir(path, lambda tmp: datasets.Dataset.from_dict(cols, features=feats).save_to_disk(str(tmp)))
-        bar.update(len(part))
+            with quiet_bars(): folder.write_dir(path, lambda tmp: datasets.Dataset.from_dict(cols, features=feats).save_to_disk(str(tmp)))
+        else: bar.update(len(part))
     bar.close()
     teacher.train(was_training)
     return TeacherCache(folder.path)
@@ -587,6 +575,18 @@ def _default_cache(out, groups, cfg, teacher, tokenizer, max_length, progress):
     return teacher_cache(teacher, tokenizer, rows, path, k=cfg.top_k, temperature=cfg.temperature, max_length=max_length,
                          overflow=cfg.overflow, progress=progress)
 
+class _StepBar(TrainerCallback):
+    "One bar over optimiser steps, with rate, ETA and the last logged loss (in place of the Trainer's bar and printed logs)."
+    def __init__(self): self.bar = None
+    def on_train_begin(self, args, state, control, **kw):
+        if state.is_world_process_zero: self.bar = progress_bar(state.max_steps, "distill", "step", initial=state.global_step)
+    def on_step_end(self, args, state, control, **kw):
+        if self.bar is not None: self.bar.update(state.global_step - self.bar.n)
+    def on_log(self, args, state, control, logs=None, **kw):
+        if self.bar is not None and logs and "loss" in logs: self.bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
+    def on_train_end(self, args, state, control, **kw):
+        if self.bar is not None: self.bar.close(); self.bar = None
+
 def _trained(out: Path) -> bool:
     "Does a distillation folder hold finished work: a model, a checkpoint or a validation curve?"
     return (out / "model").exists() or (out / CURVE_FILE).is_file() or any(out.glob("checkpoint-*"))
@@ -612,7 +612,7 @@ def _training_args(cfg: DistillConfig, out: Path, progress: bool) -> TrainingArg
         warmup_steps=cfg.warmup, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, bf16=cfg.bf16,
         use_cpu=not torch.cuda.is_available(), seed=cfg.seed, data_seed=cfg.seed, logging_steps=cfg.logging_steps,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, report_to="none",
-        remove_unused_columns=False, disable_tqdm=not progress, dataloader_num_workers=0)
+        remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0)
 
 def _checked_cache(cache, cfg: DistillConfig, student, tokenizer, ids: Sequence[str]) -> TeacherCache:
     "The cache (opened if a path), checked against the run: temperature, vocabulary, and every row it must hold."
@@ -666,15 +666,15 @@ def distill(
     collator = PairCollator(tokenizer.pad_token_id, cfg.cf_per_group, cfg.seed, cache)
     val = _Validation(validate, cfg.eval_steps, out, cfg.keep_best, args.should_save) if cfg.eval_steps else None
     trainer = LeafTrainer(model=model, args=args, train_dataset=data, data_collator=collator, teacher=teacher if cache is None else None,
-                          distill_config=cfg, callbacks=[_EpochToCollator(collator), *([val] if val else [])])
-    if not progress: trainer.remove_callback(PrinterCallback)  # quiet: the logs still go to history.json
-    with _quiet(progress): trainer.train(resume_from_checkpoint=_last_checkpoint(out, trainer.args.should_save))
+                          distill_config=cfg, callbacks=[_EpochToCollator(collator), *([val] if val else []), *([_StepBar()] if progress else [])])
+    trainer.remove_callback(PrinterCallback)  # the logs go to history.json; the bar shows the loss
+    with quiet_bars(): trainer.train(resume_from_checkpoint=_last_checkpoint(out, trainer.args.should_save))
     best_step = val.restore_best(trainer.model) if val else None
     final = trainer.model
     if cfg.lora: final = final.merge_and_unload()
     final = _unwrap(final)
     if trainer.is_world_process_zero():
-        with _quiet(progress): final.save_pretrained(out / "model"); tokenizer.save_pretrained(out / "model")
+        with quiet_bars(): final.save_pretrained(out / "model"); tokenizer.save_pretrained(out / "model")
         write_atomic(out / "history.json", json.dumps(trainer.state.log_history, indent=1) + "\n")
     trainer.accelerator.wait_for_everyone()
     final.eval()

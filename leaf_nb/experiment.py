@@ -14,7 +14,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from .core import Config, RunFolder, generate, load_model, read_jsonl, row_name, validate_examples, write_atomic, write_jsonl
+from .core import Config, RunFolder, generate, load_model, progress_bar, read_jsonl, row_name, validate_examples, write_atomic, write_jsonl
 from .distill import PROTOCOLS, DistillConfig, TeacherCache, distill, optimizer_steps, teacher_cache, training_groups
 from .evaluate import answer_check, answer_kinds, check_answers, markdown_table
 from .pruning import UNITS, VERIFY_MODES, counterfactuals, verified_counterfactuals
@@ -161,13 +161,14 @@ def evaluate_model(
     kind: str, # the answer checker, a registered kind (see `check_answers`)
     max_new_tokens: int = 64,
     batch_size: int = 256,
+    progress: bool = False, # a bar over the rows of each (family, split)
 ) -> list[dict]:
     "Greedy responses to every row and whether each is correct: one record per (family, split, row)."
     out = []
     for fam, by_split in splits.items():
         for split, rows in by_split.items():
             rows = list(rows)
-            responses = generate(model, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size)
+            responses = generate(model, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
             for r, resp, ok in zip(rows, responses, check_answers(rows, responses, kind)):
                 out.append(dict(family=fam, split=split, id=r["id"], response=resp, correct=bool(ok)))
     return out
@@ -322,17 +323,23 @@ def _inputs(cfg: ExperimentConfig, data) -> dict:
                                  f"data[{f!r}]['distill'] {row_name(r, i)} has no 'confounder_spans'")
     return _check_data(data, cfg)
 
+def _above_bars(log: Callable[[str], None]) -> Callable[[str], None]:
+    "`log`, writing its lines above the open progress bars instead of through them."
+    from tqdm.auto import tqdm
+    def write(s: str):
+        with tqdm.external_write_mode(): log(s)
+    return write
+
 class _Run:
     "One experiment folder being filled: the models, the data and the stage records, with one method per kind of stage."
     def __init__(self, cfg: ExperimentConfig, out: Path, teacher, student, tokenizer, data, progress: bool, log):
-        from tqdm.auto import tqdm
         self.cfg, self.out, self.teacher, self.student, self.tok, self.data, self.kind = cfg, out, teacher, student, tokenizer, data, cfg.answer_kind
         self.fams, self.check, self.verified = cfg.families, answer_check(cfg.answer_kind), {}  # candidates shared by training sets are verified once
         self.parents = {r["id"]: r for f in self.fams for r in data[f]["distill"]}
         self.keys = {data_key(v, cfg): v for v in cfg.variants}
         self.seg_ks = sorted({v.segments for v in cfg.variants if v.segments and not v.kd_only})
-        self.st, self.trained = Stages(out, log=log), {}
-        self.bar = tqdm(total=len(self.plan()), desc="experiment", unit="stage", disable=not progress)
+        self.st, self.trained, self.progress = Stages(out, log=_above_bars(log) if progress and log else log), {}, progress
+        self.bar = progress_bar(len(self.plan()), "experiment", "stage", disable=not progress)
 
     def plan(self) -> list[str]:
         "Every stage's name, in the order they run."
@@ -349,7 +356,7 @@ class _Run:
 
     # stage 1: selection and detection on the instructions, then on earlier response segments
     def _detect(self, rows, path, dcfg) -> dict:
-        ds = detect(self.teacher, self.student, self.tok, rows, path, dcfg, check=self.check, progress=False)
+        ds = detect(self.teacher, self.student, self.tok, rows, path, dcfg, check=self.check, progress=self.progress)
         flagged = [d for d in ds if d["status"] == "flagged"]
         return dict(rows=len(ds), **{k: ds["status"].count(k) for k in ("flagged", "not_selected", "nonfinite")},
                     mean_flagged_tokens=float(np.mean([d["n_flagged"] for d in flagged])) if flagged else 0.0)
@@ -406,7 +413,7 @@ class _Run:
         for key in self.keys:
             self.stage(f"cache-{key}", lambda key=key: len(teacher_cache(
                 self.teacher, self.tok, self.train_rows(key), self.out / "cache" / key, k=k_top, temperature=cfg.distill.temperature,
-                max_length=cfg.distill.max_length, overflow=cfg.distill.overflow, progress=False)))
+                max_length=cfg.distill.max_length, overflow=cfg.distill.overflow, progress=self.progress)))
 
     # evaluation records, per model; distillation, per variant and seed
     def evaluate(self, name: str, seed: int | None, model_fn: Callable) -> dict:
@@ -414,7 +421,7 @@ class _Run:
         tag = _slug(name) + ("" if seed is None else f"-s{seed}")
         def run():
             recs = evaluate_model(model_fn(), self.tok, {f: {s: self.data[f][s] for s in self.cfg.eval_splits} for f in self.fams}, self.kind,
-                                  self.cfg.max_new_tokens, self.cfg.gen_batch_size)
+                                  self.cfg.max_new_tokens, self.cfg.gen_batch_size, progress=self.progress)
             write_jsonl(self.out / "eval" / f"{tag}.jsonl", recs)
             return dict(method=name, seed=seed, accuracy=_accuracies(recs))
         return self.stage(f"evaluate-{tag}", run)
@@ -442,7 +449,7 @@ class _Run:
     def _distill(self, v: Variant, seed: int, run_dir: Path, trained: dict) -> dict:
         key, dcfg = data_key(v, self.cfg), self.distill_config(v, seed)
         res = distill(copy.deepcopy(self.student), self.tok, self.train_rows(key), run_dir, dcfg, cache=TeacherCache(self.out / "cache" / key),
-                      validate=self.validator() if dcfg.eval_steps else None, progress=False)
+                      validate=self.validator() if dcfg.eval_steps else None, progress=self.progress)
         trained["model"] = res.model
         logs = [h for h in res.history if "loss" in h]
         return dict(variant=v.name, seed=seed, data=key, protocol=v.protocol, steps=res.steps, best_step=res.best_step,

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, RunFolder, check_pair, clause_spans, encode, fingerprint, generate,
-                          length_batches, pad_encodings, remove_spans, row_name, trunk_and_head, validate_examples)
+                          length_batches, pad_encodings, progress_bar, remove_spans, row_name, trunk_and_head, validate_examples)
 
 # %% auto #0
 __all__ = ['RULES', 'RULE_UNITS', 'SELECTIONS', 'frozen', 'saliency_batch', 'saliency_encoding', 'Saliency', 'input_saliency',
@@ -446,7 +446,6 @@ def detect(
     progress: bool = True, # a progress bar over rows
 ) -> datasets.Dataset:
     "Selection, saliency, Δĝ, flags, baselines and verification for every row, written in shards; resumes."
-    from tqdm.auto import tqdm
     cfg = cfg or DetectConfig()
     if cfg.select and check is None:
         raise ValueError("detect selects the rows the teacher answers right and the student wrong: pass check(row, response) -> bool "
@@ -455,7 +454,7 @@ def detect(
     if not rows: raise ValueError("detect needs at least one row")
     check_pair(tokenizer, tokenizer, teacher, student)
     folder = RunFolder(out_dir, {"config": cfg.to_dict(), "n_rows": len(rows), "ids": fingerprint(r["id"] for r in rows)}, "detections").claim()
-    bar = tqdm(total=len(rows), desc="detect", unit="row", disable=not progress)
+    bar = progress_bar(len(rows), "detect", "row", disable=not progress)
     for part, path in folder.shards(len(rows), cfg.shard_size, ".jsonl"):
         if not path.is_file():
             res = _detect_shard(teacher, student, tokenizer, rows[part], cfg, check, [r["id"] for r in rows[part]])

@@ -114,3 +114,21 @@ def test_paper_recipe_configs(tmp_path):
     out = []
     main(["distill", str(tmp_path / "distill.json"), "--check", "--num-processes", "8"], out=out.append)
     assert "64 originals per step on 8 process(es)" in out[0]
+
+
+def test_demo_bars(tmp_path):
+    "`leaf_nb demo` draws its own bars (an overall one naming the stage, one per long stage) and none of transformers'; --quiet draws none."
+    cfg = {"config": "ExperimentConfig", "n_distill": 16, "n_eval": 8, "answer_kind": "world", "families": ["math"],
+           "distill": {"lr": 3e-3, "max_steps": 4, "batch_size": 8, "logging_steps": 2, "save_steps": 100}}
+    (tmp_path / "tiny.json").write_text(json.dumps(cfg))
+    def demo(*extra):
+        p = subprocess.run([os.path.join(os.path.dirname(sys.executable), "leaf_nb"), "demo", "--config", str(tmp_path / "tiny.json"), *extra],
+                           env=ENV, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return p.stdout + p.stderr
+    loud = demo("--out", str(tmp_path / "loud"))
+    for bar in ("experiment:", "detect:", "teacher cache:", "distill:", "generate:"): assert bar in loud, bar
+    assert "step/s" in loud or "s/step" in loud  # the distillation bar shows its rate
+    assert "Loading weights" not in loud and "GGUF" not in loud
+    quiet = demo("--out", str(tmp_path / "quiet"), "--quiet")
+    assert "experiment:" not in quiet and "distill:" not in quiet and "[distill-kd-w-o-mask-s0]" in quiet
