@@ -30,9 +30,9 @@ __all__ = ['logger', 'EXAMPLE_FEATURES', 'REQUIRED_FIELDS', 'SMOLLM2_GGUF', 'SOU
            'SOURCE_RESPONSE', 'PLAIN_TEMPLATE', 'row_name', 'validate_example', 'validate_examples', 'to_dataset',
            'Config', 'ModelConfig', 'seed_everything', 'pick_device', 'pick_dtype', 'ModelNotFoundError', 'quiet_bars',
            'progress_bar', 'ensure_pad_token', 'load_tokenizer', 'load_model', 'load_pretrained', 'toy_tokenizer',
-           'toy_model', 'smollm2_path', 'smollm2_gguf', 'PairCheck', 'logit_rows', 'check_pair', 'format_prompt',
-           'encode', 'token_mask', 'remove_spans', 'clause_spans', 'pad_encodings', 'encode_batch', 'generate',
-           'write_atomic', 'same_length', 'read_jsonl', 'write_jsonl', 'fingerprint', 'length_batches',
+           'toy_model', 'drop_layers', 'smollm2_path', 'smollm2_gguf', 'PairCheck', 'logit_rows', 'check_pair',
+           'format_prompt', 'encode', 'token_mask', 'remove_spans', 'clause_spans', 'pad_encodings', 'encode_batch',
+           'generate', 'write_atomic', 'same_length', 'read_jsonl', 'write_jsonl', 'fingerprint', 'length_batches',
            'trunk_and_head', 'RunFolder']
 
 # %% ../nbs/00_core.ipynb #67485f3f
@@ -387,6 +387,8 @@ def load_model(
     if attn_implementation is not None: kw["attn_implementation"] = attn_implementation
     if gguf: _need_gguf(); kw["gguf_file"] = gguf
     with quiet_bars(): model = AutoModelForCausalLM.from_pretrained(src, **kw)
+    if gguf:  # GGUF weights are de-quantised to plain tensors: drop the quantiser's marks, so that the model saves and reloads like any other
+        model.hf_quantizer, model.is_quantized = None, False; model.config.__dict__.pop("quantization_config", None)
     return model.to(dev).eval()
 
 def load_pretrained(cfg: ModelConfig):
@@ -439,6 +441,23 @@ def toy_model(tokenizer, hidden_size: int = 32, num_layers: int = 2, num_heads: 
                       max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
     return LlamaForCausalLM(cfg).eval()
+
+# %% ../nbs/00_core.ipynb #e0d863e4
+def drop_layers(model, drop: Iterable[int]):
+    "A deep copy of a decoder-only `model` without the decoder layers in `drop` (embeddings, final norm and LM head kept), in eval mode."
+    import copy
+    n = model.config.num_hidden_layers
+    drop = set(drop)
+    if not drop <= set(range(n)): raise ValueError(f"drop_layers: layers {sorted(drop - set(range(n)))} do not exist (the model has {n})")
+    if len(drop) == n: raise ValueError("drop_layers: at least one layer must stay")
+    keep = [i for i in range(n) if i not in drop]
+    out = copy.deepcopy(model)
+    out.model.layers = torch.nn.ModuleList(out.model.layers[i] for i in keep)
+    for j, layer in enumerate(out.model.layers): layer.self_attn.layer_idx = j  # the KV cache's slot
+    out.config.num_hidden_layers = len(keep)
+    if getattr(out.config, "layer_types", None): out.config.layer_types = [out.config.layer_types[i] for i in keep]
+    out.kept_layers = keep  # teacher layer index of each student layer
+    return out.eval()
 
 # %% ../nbs/00_core.ipynb #aa7d1ca8
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
