@@ -54,6 +54,8 @@ def _run(args, out) -> int:
     if args.command == "template":
         jobs = J.paper_recipe() if args.kind == "paper" else {args.kind: J.job_templates()[args.kind]}
         for name, job in jobs.items(): out(str(job.save(Path(args.out) / f"{name}.json")))
+        if args.kind == "paper":
+            (Path(args.out) / "commands.sh").write_text(J.paper_commands(args.out)); out(str(Path(args.out) / "commands.sh"))
     else:
         cls, run = J.JOBS[args.command]
         job = _load(cls, args.config)

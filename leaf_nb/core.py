@@ -28,12 +28,12 @@ import torch
 # %% auto #0
 __all__ = ['logger', 'EXAMPLE_FEATURES', 'REQUIRED_FIELDS', 'SMOLLM2_GGUF', 'SOURCE_PAD', 'SOURCE_SPECIAL', 'SOURCE_INSTRUCTION',
            'SOURCE_RESPONSE', 'PLAIN_TEMPLATE', 'row_name', 'validate_example', 'validate_examples', 'to_dataset',
-           'Config', 'ModelConfig', 'seed_everything', 'pick_device', 'pick_dtype', 'ModelNotFoundError', 'quiet_bars',
-           'progress_bar', 'ensure_pad_token', 'load_tokenizer', 'load_model', 'load_pretrained', 'toy_tokenizer',
-           'toy_model', 'drop_layers', 'smollm2_path', 'smollm2_gguf', 'PairCheck', 'logit_rows', 'check_pair',
-           'format_prompt', 'encode', 'token_mask', 'remove_spans', 'clause_spans', 'pad_encodings', 'encode_batch',
-           'generate', 'write_atomic', 'same_length', 'read_jsonl', 'write_jsonl', 'fingerprint', 'length_batches',
-           'trunk_and_head', 'RunFolder']
+           'Config', 'ModelConfig', 'seed_everything', 'gpu_group', 'pick_device', 'pick_dtype', 'ModelNotFoundError',
+           'quiet_bars', 'progress_bar', 'ensure_pad_token', 'load_tokenizer', 'load_model', 'input_device',
+           'load_pretrained', 'toy_tokenizer', 'toy_model', 'drop_layers', 'smollm2_path', 'smollm2_gguf', 'PairCheck',
+           'logit_rows', 'check_pair', 'format_prompt', 'encode', 'token_mask', 'remove_spans', 'clause_spans',
+           'pad_encodings', 'encode_batch', 'generate', 'write_atomic', 'same_length', 'read_jsonl', 'write_jsonl',
+           'fingerprint', 'length_batches', 'trunk_and_head', 'RunFolder', 'Processes', 'processes']
 
 # %% ../nbs/00_core.ipynb #67485f3f
 logger = logging.getLogger("leaf_nb")
@@ -242,6 +242,9 @@ class ModelConfig(Config):
     device: str = "auto" # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
     attn_implementation: str | None = None # 'eager' to read attention maps; None keeps the model's default
     trust_remote_code: bool = False # run code shipped with the checkpoint (off unless you trust it)
+    device_map: str | dict | None = None # spread the model over devices in this process: 'auto', 'balanced', 'per_process' (the GPUs of this process's group, see `gpu_group`), or {module: device | 'cpu' | 'disk'} (accelerate's big-model loading); `device` is then unused
+    max_memory: dict | None = None # with device_map: the most each device may hold, e.g. {0: '70GiB', 'cpu': '200GiB'}
+    offload_folder: str | None = None # with device_map: where modules placed on 'disk' are kept
 
 # %% ../nbs/00_core.ipynb #a66f650b
 def seed_everything(seed: int) -> int:
@@ -256,11 +259,24 @@ def seed_everything(seed: int) -> int:
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
 
+def gpu_group(
+    n_gpus: int, # GPUs on this machine
+    local_rank: int | None = None, local_world: int | None = None, # default: LOCAL_RANK and LOCAL_WORLD_SIZE (set by `accelerate launch`)
+) -> list[int]:
+    "The GPUs of this process when the processes of a machine share its GPUs in equal groups (N processes, n_gpus / N each)."
+    r = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
+    w = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if local_world is None else local_world
+    if w > n_gpus or n_gpus % w: raise ValueError(f"{w} processes cannot share {n_gpus} GPUs in equal groups")
+    g = n_gpus // w
+    return list(range(r * g, (r + 1) * g))
+
 def pick_device(device: str | torch.device = "auto") -> torch.device:
     "Resolve 'auto' or check an explicit device ('cpu', 'cuda', 'cuda:N', 'mps')."
     device = str(device)
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if device == "auto": return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if device == "auto":  # under a launcher, each process on the first GPU of its group (see `gpu_group`)
+        if torch.cuda.is_available(): return torch.device(f"cuda:{gpu_group(torch.cuda.device_count())[0]}" if "LOCAL_RANK" in os.environ else "cuda")
+        return torch.device("mps" if has_mps else "cpu")
     kind = device.split(":")[0]
     if kind not in ("cpu", "cuda", "mps"): raise ValueError(f"device must be 'auto', 'cpu', 'cuda[:N]' or 'mps', got {device!r}")
     if kind == "cuda" and not torch.cuda.is_available(): raise ValueError(f"device {device!r} asked for, but CUDA is not available")
@@ -378,23 +394,43 @@ def load_model(
     device: str | torch.device = "auto", # see `pick_device`
     attn_implementation: str | None = None, # 'eager' to read attention maps
     trust_remote_code: bool = False, # run code shipped with the checkpoint
+    device_map: str | dict | None = None, # spread over devices (accelerate's big-model loading): 'auto', 'balanced' or {module: device}; `device` unused
+    max_memory: dict | None = None, # with device_map: the most each device may hold
+    offload_folder: str | Path | None = None, # with device_map: the folder for modules placed on 'disk'
 ):
-    "Load a causal LM from disk only, in eval mode, on `device`."
+    "Load a causal LM from disk only, in eval mode, on `device` (or spread over devices by `device_map`)."
     from transformers import AutoModelForCausalLM
     src, gguf = _locate(name_or_path, gguf_file, "model")
     dev = pick_device(device)
     kw = dict(local_files_only=True, trust_remote_code=trust_remote_code, dtype=pick_dtype(dtype, dev))
     if attn_implementation is not None: kw["attn_implementation"] = attn_implementation
     if gguf: _need_gguf(); kw["gguf_file"] = gguf
+    if device_map == "per_process":  # spread over this process's group of GPUs only
+        gpus = gpu_group(torch.cuda.device_count()) if torch.cuda.is_available() else []
+        if not gpus: raise ValueError("device_map='per_process' needs CUDA GPUs")
+        max_memory = {**{i: int(0.9 * torch.cuda.get_device_properties(i).total_memory) for i in gpus}, **(max_memory or {})}  # room for activations
+        device_map = "auto"
+    if device_map is not None:
+        kw.update(device_map=device_map, max_memory=max_memory, offload_folder=None if offload_folder is None else str(offload_folder))
+    elif max_memory is not None or offload_folder is not None: raise ValueError("max_memory and offload_folder need a device_map")
     with quiet_bars(): model = AutoModelForCausalLM.from_pretrained(src, **kw)
     if gguf:  # GGUF weights are de-quantised to plain tensors: drop the quantiser's marks, so that the model saves and reloads like any other
         model.hf_quantizer, model.is_quantized = None, False; model.config.__dict__.pop("quantization_config", None)
-    return model.to(dev).eval()
+    return (model if device_map is not None else model.to(dev)).eval()
+
+def input_device(model) -> torch.device:
+    "Where a model's inputs go: the device of its first module when it is spread over devices (offloaded: the CPU), else of its parameters."
+    placed = getattr(model, "hf_device_map", None) or getattr(getattr(model, "base_model", None), "hf_device_map", None)
+    if placed and len(placed) > 1:
+        d = next(iter(placed.values()))
+        return torch.device("cpu" if d in ("cpu", "disk") else f"cuda:{d}" if isinstance(d, int) else d)
+    return next(model.parameters()).device
 
 def load_pretrained(cfg: ModelConfig):
     "Load `(model, tokenizer)` as `cfg` says."
     tok = load_tokenizer(cfg.name_or_path, cfg.gguf_file, cfg.trust_remote_code)
-    model = load_model(cfg.name_or_path, cfg.gguf_file, cfg.dtype, cfg.device, cfg.attn_implementation, cfg.trust_remote_code)
+    model = load_model(cfg.name_or_path, cfg.gguf_file, cfg.dtype, cfg.device, cfg.attn_implementation, cfg.trust_remote_code,
+                       cfg.device_map, cfg.max_memory, cfg.offload_folder)
     return model, tok
 
 # %% ../nbs/00_core.ipynb #5a10428e
@@ -699,7 +735,7 @@ def generate(
     rows = [{"id": e.get("id"), "instruction": e.get("instruction"),
              "response": (e.get("response") or "")[:e.get("target_start") or 0] if continue_response else ""} for e in examples]
     kw = dict(system_prompt=system_prompt, template=template, add_eos=False)
-    dev, out = next(model.parameters()).device, []
+    dev, out = input_device(model), []
     bar = progress_bar(len(rows), "generate", "row", disable=not progress)
     for i in range(0, len(rows), batch_size):
         b = pad_encodings([encode(r, tokenizer, with_response=bool(r["response"]), **kw) for r in rows[i:i + batch_size]],
@@ -789,6 +825,12 @@ class RunFolder:
             write_atomic(self.path / self.file, json.dumps(self.manifest, indent=1) + "\n")
         return self
 
+    def claim_among(self, procs: Processes) -> "RunFolder":
+        "`claim` with several processes (see `processes`): the main one checks and writes the manifest first, then the others check it."
+        if procs.is_main: self.claim()
+        procs.wait()
+        return self if procs.is_main else self.check()
+
     def shards(self, n: int, size: int, suffix: str = "") -> list[tuple[slice, Path]]:
         "(rows, path) of every shard of `n` rows cut in parts of `size`: shard-00000{suffix}, ...; a shard whose path exists is finished."
         if not isinstance(size, int) or size < 1: raise ValueError(f"shard size must be a positive int, got {size!r}")
@@ -808,3 +850,24 @@ class RunFolder:
         save(tmp)
         tmp.rename(path)
         return path
+
+# %% ../nbs/00_core.ipynb #b13a32df
+@dataclass
+class Processes:
+    "The processes a stage runs on: this one's index, how many there are, and a barrier; one process without `accelerate launch`."
+    index: int = 0
+    count: int = 1
+    barrier: Callable[[], None] | None = None
+
+    @property
+    def is_main(self) -> bool: return self.index == 0
+    def mine(self, items: Sequence) -> list: return list(items)[self.index::self.count]
+    def wait(self):
+        if self.count > 1: self.barrier()
+
+def processes(distributed: bool = True) -> Processes:
+    "This process's place among those `accelerate launch` (or `torchrun`) started (from WORLD_SIZE); one process otherwise or if not `distributed`."
+    if not distributed or int(os.environ.get("WORLD_SIZE", "1")) <= 1: return Processes()
+    from accelerate import PartialState
+    s = PartialState(cpu=not torch.cuda.is_available())  # on CPU: gloo
+    return Processes(s.process_index, s.num_processes, s.wait_for_everyone)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from .core import (Config, RunFolder, check_pair, fingerprint, length_batches, load_model, logit_rows, progress_bar, quiet_bars, read_jsonl, trunk_and_head,
+from .core import (Config, RunFolder, check_pair, fingerprint, input_device, length_batches, load_model, logit_rows, processes, progress_bar, quiet_bars, read_jsonl, trunk_and_head,
                           write_atomic,
                           write_jsonl)
 from .saliency import saliency_encoding
@@ -368,9 +368,19 @@ def _rows_fingerprint(encs) -> str:
     "A hash of the rows as the model sees them: ids, token ids and target labels."
     return fingerprint(json.dumps([e["id"], e["input_ids"], e["labels"]]) for e in encs)
 
+def _parameters(model):
+    "Every parameter once, in `model.parameters()` order, with its values: an offloaded one (on 'meta') read from its module's offload map."
+    maps = {n: h.weights_map for n, mod in model.named_modules() if getattr(h := getattr(mod, "_hf_hook", None), "weights_map", None) is not None}
+    for name, p in model.named_parameters():
+        if p.device.type == "meta":
+            owner = max((n for n in maps if name.startswith(f"{n}.") or not n), key=len, default=None)
+            if owner is None: raise ValueError(f"parameter {name} is on the meta device and no offload map holds it")
+            p = maps[owner][name[len(owner) + 1:] if owner else name]
+        yield p
+
 def _model_fingerprint(model) -> str:
     m = _unwrap(model)
-    sums = [f"{p.detach().double().sum().item():.10e}" for p in m.parameters()]
+    sums = [f"{p.detach().double().sum().item():.10e}" for p in _parameters(m)]
     return fingerprint([m.config.to_json_string(use_diff=False)] + sums)
 
 class TeacherCache:
@@ -415,6 +425,7 @@ def teacher_cache(
     shard_size: int = 1024, # rows per shard written to disk
     max_length: int | None = None, overflow: str = "error",
     progress: bool = True,
+    distributed: bool = True, # under `accelerate launch`, every process takes its share of the shards (False: this process does all)
 ) -> TeacherCache:
     "Run the teacher once over `rows` and store its top-k log-probabilities per target token; resumes after a crash."
     rows = list(rows)
@@ -427,11 +438,13 @@ def teacher_cache(
     if len(set(e["id"] for e in encs)) != len(encs): raise ValueError("teacher_cache: row ids must be unique")
     manifest = {"k": k, "temperature": float(temperature), "vocab": vocab, "n_rows": len(rows), "n_shards": -(-len(rows) // shard_size),
                 "rows": _rows_fingerprint(encs), "teacher": _model_fingerprint(teacher), "shard_size": shard_size}
-    folder = RunFolder(out_dir, manifest, "a teacher cache", CACHE_FILE).claim()
-    was_training, dev = teacher.training, next(teacher.parameters()).device
+    procs = processes(distributed)
+    folder = RunFolder(out_dir, manifest, "a teacher cache", CACHE_FILE).claim_among(procs)
+    mine = procs.mine(folder.shards(len(encs), shard_size))
+    was_training, dev = teacher.training, input_device(teacher)
     teacher.eval()
-    bar = progress_bar(len(rows), "teacher cache", "row", disable=not progress)
-    for sl, path in folder.shards(len(encs), shard_size):
+    bar = progress_bar(sum(len(encs[sl]) for sl, _ in mine), "teacher cache", "row", disable=not progress or not procs.is_main)
+    for sl, path in mine:
         part = encs[sl]
         if not path.is_dir():
             cols = {"id": [], "n_target": [], "topk_ids": [None] * len(part), "topk_logp": [None] * len(part)}
@@ -453,6 +466,7 @@ def teacher_cache(
         else: bar.update(len(part))
     bar.close()
     teacher.train(was_training)
+    procs.wait()
     return TeacherCache(folder.path)
 
 # %% ../nbs/05_distill.ipynb #a567a7f8
@@ -466,7 +480,8 @@ class LeafTrainer(Trainer):
     def __init__(self, *args, distill_config: DistillConfig, teacher=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.dcfg, self.teacher = distill_config, teacher
-        if teacher is not None: teacher.to(self.args.device).eval().requires_grad_(False)
+        if teacher is not None:  # a teacher spread over devices (device_map) stays where it was placed
+            (teacher if getattr(teacher, "hf_device_map", None) else teacher.to(self.args.device)).eval().requires_grad_(False)
         self._sums, self._counts = defaultdict(float), defaultdict(int)
 
     def current_lambda(self) -> float | None:
@@ -573,7 +588,7 @@ def _default_cache(out, groups, cfg, teacher, tokenizer, max_length, progress):
         raise ValueError("DistillConfig.teacher == 'cache' needs a `cache` or a `teacher` to build one")
     rows = [r for g in groups for r in (g["original"], *([] if cfg.kd_only else g["counterfactuals"]))]
     return teacher_cache(teacher, tokenizer, rows, path, k=cfg.top_k, temperature=cfg.temperature, max_length=max_length,
-                         overflow=cfg.overflow, progress=progress)
+                         overflow=cfg.overflow, progress=progress, distributed=False)  # inside main_process_first
 
 class _StepBar(TrainerCallback):
     "One bar over optimiser steps, with rate, ETA and the last logged loss (in place of the Trainer's bar and printed logs)."

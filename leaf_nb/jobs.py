@@ -12,7 +12,7 @@ from typing import Callable
 
 import datasets
 
-from .core import Config, ModelConfig, RunFolder, check_pair, generate, load_pretrained, read_jsonl, validate_examples, write_atomic, write_jsonl
+from .core import Config, ModelConfig, RunFolder, check_pair, generate, load_pretrained, processes, read_jsonl, validate_examples, write_atomic, write_jsonl
 from .distill import DistillConfig, distill
 from .evaluate import accuracy_ci, answer_check, answer_kinds, check_answers
 from .experiment import ExperimentConfig
@@ -22,7 +22,7 @@ from .splitting import segment_rows
 
 # %% auto #0
 __all__ = ['JOBS', 'read_rows', 'DetectJob', 'PruneJob', 'DistillJob', 'EvaluateJob', 'run_detect_job', 'run_prune_job',
-           'run_distill_job', 'run_evaluate_job', 'job_templates', 'paper_recipe', 'effective_batch']
+           'run_distill_job', 'run_evaluate_job', 'job_templates', 'paper_recipe', 'paper_commands', 'effective_batch']
 
 # %% ../nbs/08b_jobs.ipynb #e0fa1228
 def read_rows(path: str | Path) -> list[dict]:
@@ -164,7 +164,10 @@ def run_distill_job(job: DistillJob, progress: bool = True) -> Path:
             if r["id"] in seen: continue  # originals shared by instruction- and response-level sets
             seen.add(r["id"]); rows.append(r)
     student, tok = load_pretrained(job.student)
-    teacher, t_tok = load_pretrained(job.teacher)
+    # with a cached teacher, only the main process loads it (to build the cache; the others then read it): a 70B
+    # teacher is loaded once, spread over the GPUs by its device_map, not once per process
+    need = job.distill.teacher == "online" or processes().is_main
+    teacher, t_tok = load_pretrained(job.teacher) if need else (None, None)
     out = _start_job(job, job.out, lambda o: (o / "model").exists() or any(o.glob("checkpoint-*")))
     res = distill(student, tok, rows, out, job.distill, teacher=teacher, teacher_tokenizer=t_tok, progress=progress)
     return res.out_dir / "model"
@@ -201,20 +204,40 @@ def paper_recipe(
 ) -> dict[str, Config]:
     "The paper's LLaMA math setting as leaf_nb jobs (1B student, 70B teacher, τ = 0.10 / 0.15, 3 epochs at lr 1e-5)."
     if 64 % num_processes: raise ValueError(f"num_processes must divide the paper's batch of 64, got {num_processes}")
-    teacher = ModelConfig("meta-llama/Llama-3.3-70B-Instruct", dtype="bfloat16", device="cuda")
-    student = ModelConfig("meta-llama/Llama-3.2-1B-Instruct", dtype="bfloat16", device="cuda")
-    det = lambda tau: DetectConfig(threshold=ThresholdRule("tau", tau=tau), batch_size=4, gen_batch_size=16, max_new_tokens=1024,
+    name = "meta-llama/Llama-3.3-70B-Instruct"
+    # stage 1 (detect, verification): each process holds the teacher on its own group of GPUs; the student on the group's first
+    teacher_1 = ModelConfig(name, dtype="bfloat16", device_map="per_process")
+    teacher_2 = ModelConfig(name, dtype="bfloat16", device_map="auto")  # distill: loaded by the main process only, to build the cache
+    student = ModelConfig("meta-llama/Llama-3.2-1B-Instruct", dtype="bfloat16", device="auto")
+    det = lambda tau: DetectConfig(threshold=ThresholdRule("tau", tau=tau), batch_size=1, gen_batch_size=16, max_new_tokens=1024,
                                    overflow="truncate")
     train = DistillConfig(lam=0.5, lr=1e-5, lr_scheduler="cosine", epochs=3, batch_size=64 // num_processes, bf16=True,
                           teacher="cache", top_k=64, max_length=4096, overflow="truncate", save_steps=500)
-    return {"detect-instr": DetectJob(teacher, student, f"{data_dir}/train.jsonl", f"{out_dir}/detect-instr", det(0.10), answer_kind="math"),
-            "detect-resp": DetectJob(teacher, student, f"{data_dir}/train.jsonl", f"{out_dir}/detect-resp", det(0.15), segments=2,
+    return {"detect-instr": DetectJob(teacher_1, student, f"{data_dir}/train.jsonl", f"{out_dir}/detect-instr", det(0.10), answer_kind="math"),
+            "detect-resp": DetectJob(teacher_1, student, f"{data_dir}/train.jsonl", f"{out_dir}/detect-resp", det(0.15), segments=2,
                                      answer_kind="math"),
             "prune-instr": PruneJob(f"{out_dir}/detect-instr", f"{out_dir}/prune-instr"),
             "prune-resp": PruneJob(f"{out_dir}/detect-resp", f"{out_dir}/prune-resp"),
-            "distill": DistillJob(teacher, student, (f"{out_dir}/prune-instr", f"{out_dir}/prune-resp"), f"{out_dir}/distill", train),
-            "evaluate": EvaluateJob(ModelConfig(f"{out_dir}/distill/model", dtype="bfloat16", device="cuda"), f"{data_dir}/test.jsonl",
+            "distill": DistillJob(teacher_2, student, (f"{out_dir}/prune-instr", f"{out_dir}/prune-resp"), f"{out_dir}/distill", train),
+            "evaluate": EvaluateJob(ModelConfig(f"{out_dir}/distill/model", dtype="bfloat16", device="auto"), f"{data_dir}/test.jsonl",
                                     f"{out_dir}/evaluate", answer_kind="math", max_new_tokens=1024, batch_size=64)}
+
+def paper_commands(recipe_dir: str = "recipe", gpus: int = 8, stage1_processes: int = 2) -> str:
+    "The shell commands that run `paper_recipe` on one machine with `gpus` GPUs, with the memory arithmetic behind stage 1's split."
+    per = gpus // stage1_processes
+    if per * stage1_processes != gpus: raise ValueError(f"{stage1_processes} stage-1 processes cannot share {gpus} GPUs in equal groups")
+    launch = lambda n: f'accelerate launch --multi_gpu --num_processes {n} "$(which leaf_nb)"'
+    return "\n".join([
+        "# LeaF, the paper's LLaMA math setting (written by `leaf_nb template paper`).",
+        "# Teacher Llama-3.3-70B-Instruct in bf16: weights 70.6e9 x 2 B = 141 GB; generation adds ~0.33 MB of KV cache per token",
+        "# (16 prompts x 1.5k tokens = 8 GB); saliency keeps ~26 MB of activations per token (1.5k tokens = 40 GB, batch_size 1):",
+        f"# ~190 GB per teacher copy in stage 1, so {stage1_processes} processes x {per} GPUs (device_map 'per_process').",
+        f"{launch(stage1_processes)} detect {recipe_dir}/detect-instr.json",
+        f"{launch(stage1_processes)} detect {recipe_dir}/detect-resp.json",
+        f"leaf_nb prune {recipe_dir}/prune-instr.json && leaf_nb prune {recipe_dir}/prune-resp.json",
+        "# distillation: the main process loads the teacher once (device_map 'auto') to build the top-k cache; all train from it",
+        f"{launch(gpus)} distill {recipe_dir}/distill.json",
+        f"leaf_nb evaluate {recipe_dir}/evaluate.json", ""])
 
 def effective_batch(job: DistillJob, num_processes: int = 1) -> int:
     "Originals per optimiser step: per-device batch × gradient accumulation × processes."

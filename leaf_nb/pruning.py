@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Sequence
 
 import datasets
 
-from .core import clause_spans, generate, pad_encodings, remove_spans
+from .core import clause_spans, generate, input_device, pad_encodings, remove_spans
 from .saliency import saliency_encoding
 
 # %% auto #0
@@ -245,7 +245,7 @@ def counterfactual_report(
 def response_nll(model, tokenizer, rows: Sequence[Mapping], batch_size: int = 64) -> list[float]:
     "Mean NLL per token of each row's target (the response from `target_start`) given its prompt."
     import torch.nn.functional as F
-    dev, out = next(model.parameters()).device, []
+    dev, out = input_device(model), []
     for i in range(0, len(rows), batch_size):
         b = pad_encodings([saliency_encoding(r, tokenizer) for r in rows[i:i + batch_size]], tokenizer.pad_token_id)
         logits = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits[:, :-1].float()

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, RunFolder, check_pair, clause_spans, encode, fingerprint, generate,
-                          length_batches, pad_encodings, progress_bar, remove_spans, row_name, trunk_and_head, validate_examples)
+from .core import (SOURCE_INSTRUCTION, SOURCE_RESPONSE, Config, RunFolder, check_pair, clause_spans, encode, fingerprint, generate, input_device,
+                          length_batches, pad_encodings, processes, progress_bar, remove_spans, row_name, trunk_and_head, validate_examples)
 
 # %% auto #0
 __all__ = ['RULES', 'RULE_UNITS', 'SELECTIONS', 'frozen', 'saliency_batch', 'saliency_encoding', 'Saliency', 'input_saliency',
@@ -57,7 +57,7 @@ def saliency_batch(
     if reduction not in ("sum", "mean"): raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     if input_ids.ndim != 2 or input_ids.shape[1] < 2:
         raise ValueError(f"input_ids must be [batch, length] with length >= 2 (a context and a target), got {tuple(input_ids.shape)}")
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     input_ids, attention_mask, labels = input_ids.to(dev), attention_mask.to(dev), labels.to(dev)
     # The last position predicts nothing the loss reads: the trunk runs without it (its gradient is zero).
     # Under right padding the causal mask alone keeps every position the loss reads from seeing padding, so
@@ -269,7 +269,7 @@ def top_k_flags(scores, k: int) -> np.ndarray:
 @torch.no_grad()
 def token_surprisal(model, tokenizer, encodings: Sequence[Mapping], batch_size: int = 32) -> list[np.ndarray]:
     "−log p(token | the tokens before it) for every context token of every encoding (the first token of a text gets its surprisal too)."
-    dev, out = next(model.parameters()).device, [None] * len(encodings)
+    dev, out = input_device(model), [None] * len(encodings)
     for idx in length_batches([len(e["input_ids"]) for e in encodings], batch_size):
         b = pad_encodings([encodings[i] for i in idx], tokenizer.pad_token_id)
         logp = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits.float().log_softmax(-1)
@@ -453,14 +453,17 @@ def detect(
     rows = validate_examples(rows, require_response=cfg.reference == "response")
     if not rows: raise ValueError("detect needs at least one row")
     check_pair(tokenizer, tokenizer, teacher, student)
-    folder = RunFolder(out_dir, {"config": cfg.to_dict(), "n_rows": len(rows), "ids": fingerprint(r["id"] for r in rows)}, "detections").claim()
-    bar = progress_bar(len(rows), "detect", "row", disable=not progress)
-    for part, path in folder.shards(len(rows), cfg.shard_size, ".jsonl"):
+    procs = processes()  # under `accelerate launch`: every process takes its share of the shards
+    folder = RunFolder(out_dir, {"config": cfg.to_dict(), "n_rows": len(rows), "ids": fingerprint(r["id"] for r in rows)}, "detections")
+    mine = procs.mine(folder.claim_among(procs).shards(len(rows), cfg.shard_size, ".jsonl"))
+    bar = progress_bar(sum(len(rows[part]) for part, _ in mine), "detect", "row", disable=not progress or not procs.is_main)
+    for part, path in mine:
         if not path.is_file():
             res = _detect_shard(teacher, student, tokenizer, rows[part], cfg, check, [r["id"] for r in rows[part]])
             folder.write(path.name, "".join(json.dumps(r) + "\n" for r in res))
         bar.update(len(rows[part]))
     bar.close()
+    procs.wait()
     ds = load_detections(out_dir)
     counts = {k: ds["status"].count(k) for k in ("flagged", "not_selected", "nonfinite")}
     if counts["nonfinite"]: logging.getLogger("leaf_nb").warning(f"detect: {counts['nonfinite']} rows had non-finite gradients and were skipped")

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import SOURCE_INSTRUCTION, SOURCE_RESPONSE, encode, pad_encodings, token_mask
+from .core import SOURCE_INSTRUCTION, SOURCE_RESPONSE, encode, input_device, pad_encodings, token_mask
 from .saliency import (ThresholdRule, apply_rule, gold_token_labels, minmax, render_threshold,
                               slider_rule, threshold_widget)
 
@@ -349,7 +349,7 @@ def eager_attention(model):
 # %% ../nbs/07_visualize.ipynb #5e0c8876
 def _attentions(model, input_ids, attention_mask=None):
     "The model's per-layer attention weights (on its device), or a clear error when it returns none."
-    dev = next(model.parameters()).device
+    dev = input_device(model)
     out = model(input_ids=input_ids.to(dev), attention_mask=None if attention_mask is None else attention_mask.to(dev),
                 output_attentions=True, use_cache=False)
     att = getattr(out, "attentions", None)

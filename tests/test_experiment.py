@@ -107,6 +107,8 @@ def test_paper_recipe_configs(tmp_path):
     assert job.teacher.name_or_path == "meta-llama/Llama-3.3-70B-Instruct"
     assert job.student.name_or_path == "meta-llama/Llama-3.2-1B-Instruct"
     assert job.data == ("runs/leaf-llama/prune-instr", "runs/leaf-llama/prune-resp")
+    cmds = (tmp_path / "commands.sh").read_text()  # the commands that run it, stage 1 data-parallel over groups of GPUs
+    assert f'--num_processes 2 "$(which leaf_nb)" detect {tmp_path}/detect-instr.json' in cmds and "141 GB" in cmds
     for name in ("detect-instr", "detect-resp", "prune-instr", "prune-resp", "distill", "evaluate"):
         out = []
         assert main([name.split("-")[0], str(tmp_path / f"{name}.json"), "--check"], out=out.append) == 0, name
