@@ -170,28 +170,44 @@ def _cell_rows(res: ExperimentResult, rc: RegimeConfig, cell: dict) -> list[dict
                                 leaf=100 * acc[(leaf, s)], kd=100 * acc[(kd, s)], delta=100 * (acc[(leaf, s)] - acc[(kd, s)])))
     return out
 
+def _cell_json(cfg: ExperimentConfig) -> dict:
+    "A cell's config as its rows file stores it (JSON types)."
+    return json.loads(json.dumps(cfg.to_dict(), default=str))
+
 def regime_map(
     rc: RegimeConfig,
-    out_dir: str | Path, # one folder per cell (a rerun resumes every finished stage)
+    out_dir: str | Path, # one folder per cell (a rerun resumes every finished stage) and one small `<cell>.json` of its rows
     world=None, # default: the shipped world
     log: Callable[[str], None] | None = None,
+    compute: bool = True, # False: only the cells whose rows are already written, the others listed in `.attrs['missing']`
 ) -> pd.DataFrame:
     "Run every cell of the map; one row per (cell, protocol, mask, seed): LeaF's and KD's accuracy at equal steps and their difference."
     world = world or load_world(rc.experiment.world)
-    fams, rows, corpora = rc.experiment.families, [], {}
+    fams, rows, corpora, missing = rc.experiment.families, [], {}, []
     for ep in rc.epochs:  # the whole map at the smallest budget first: an interrupted map is still a map
         for r in rc.spurious_rates:
             corpus = corpora.setdefault(r, {f: distill_corpus(world, f, r, rc.n_distill) for f in fams})
             kd_steps = optimizer_steps(sum(len(c) for c in corpus.values()), replace(rc.experiment.distill, epochs=ep, max_steps=-1))
             for sel in rc.selections:
                 cfg = regime_cell(rc, r, ep, sel, kd_steps)
-                data = {f: {"distill": corpus[f], **{s: list(world.splits[f][s]) for s in cfg.splits[1:]}} for f in fams}
                 name = f"spurious{r}-epochs{ep:g}-{sel}"
+                done = Path(out_dir) / f"{name}.json"
+                if done.exists():
+                    saved = json.loads(done.read_text())
+                    if saved["config"] != _cell_json(cfg): raise ValueError(f"{done} holds the rows of a cell with other settings; use a new folder")
+                    rows += saved["rows"]; continue
+                if not compute: missing.append(name); continue
                 if log: log(f"[regime] {name}")
+                data = {f: {"distill": corpus[f], **{s: list(world.splits[f][s]) for s in cfg.splits[1:]}} for f in fams}
                 res = run_experiment(cfg, Path(out_dir) / name, world.teacher, world.student, world.tokenizer, data, progress=False)
-                rows += _cell_rows(res, rc, dict(spurious_rate=r, epochs=ep, selection=sel))
-                write_atomic(Path(out_dir) / "regime.json", pd.DataFrame(rows).to_json(orient="records", indent=1) + "\n")  # the cells so far
-    return pd.DataFrame(rows)
+                cell_rows = _cell_rows(res, rc, dict(spurious_rate=r, epochs=ep, selection=sel))
+                write_atomic(done, json.dumps({"config": _cell_json(cfg), "rows": cell_rows}, indent=1) + "\n")
+                rows += cell_rows
+    out = pd.DataFrame(rows)
+    out.attrs["missing"] = missing
+    if missing and log: log(f"[regime] {len(missing)} cells not computed yet: {', '.join(missing)}")
+    return out
+
 
 # %% ../nbs/08c_demo.ipynb #e1386fec
 def regime_table(frame: pd.DataFrame) -> pd.DataFrame:
