@@ -184,10 +184,10 @@ def regime_map(
     "Run every cell of the map; one row per (cell, protocol, mask, seed): LeaF's and KD's accuracy at equal steps and their difference."
     world = world or load_world(rc.experiment.world)
     fams, rows, corpora, missing = rc.experiment.families, [], {}, []
+    size = len(fams) * (rc.n_distill or world.config.n_distill)  # rows of every corpus: the cells' step counts follow without drawing one
     for ep in rc.epochs:  # the whole map at the smallest budget first: an interrupted map is still a map
         for r in rc.spurious_rates:
-            corpus = corpora.setdefault(r, {f: distill_corpus(world, f, r, rc.n_distill) for f in fams})
-            kd_steps = optimizer_steps(sum(len(c) for c in corpus.values()), replace(rc.experiment.distill, epochs=ep, max_steps=-1))
+            kd_steps = optimizer_steps(size, replace(rc.experiment.distill, epochs=ep, max_steps=-1))
             for sel in rc.selections:
                 cfg = regime_cell(rc, r, ep, sel, kd_steps)
                 name = f"spurious{r}-epochs{ep:g}-{sel}"
@@ -198,6 +198,9 @@ def regime_map(
                     rows += saved["rows"]; continue
                 if not compute: missing.append(name); continue
                 if log: log(f"[regime] {name}")
+                if r not in corpora: corpora[r] = {f: distill_corpus(world, f, r, rc.n_distill) for f in fams}  # the teacher answers each prompt: drawn once
+                corpus = corpora[r]
+                if sum(map(len, corpus.values())) != size: raise ValueError(f"the corpus at spurious rate {r} has {sum(map(len, corpus.values()))} rows, not {size}")
                 data = {f: {"distill": corpus[f], **{s: list(world.splits[f][s]) for s in cfg.splits[1:]}} for f in fams}
                 res = run_experiment(cfg, Path(out_dir) / name, world.teacher, world.student, world.tokenizer, data, progress=False)
                 cell_rows = _cell_rows(res, rc, dict(spurious_rate=r, epochs=ep, selection=sel))
