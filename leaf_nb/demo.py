@@ -157,17 +157,22 @@ def regime_cell(rc: RegimeConfig, spurious_rate: float, epochs: float, selection
 
 # %% ../nbs/08c_demo.ipynb #af41199d
 def _cell_rows(res: ExperimentResult, rc: RegimeConfig, cell: dict) -> list[dict]:
-    "LeaF − KD at equal steps, per LeaF variant and seed, on the headline split (average over families)."
-    split = res.config.eval_splits[0]
-    acc = res.results[res.results.split == split].groupby(["method", "seed"]).acc.mean()
+    """LeaF − KD at equal steps, per LeaF variant and seed, on the headline split (average over families); on every other
+    split (`test_clean`) LeaF's, KD's and the undistilled student's accuracy as `leaf_<split>`, `kd_<split>`, `student_<split>`."""
+    split, others = res.config.eval_splits[0], res.config.eval_splits[1:]
+    acc = res.results.groupby(["split", "method", "seed"], dropna=False).acc.mean()
+    pre = {s: 100 * acc[(s, "Student pre-KD")].iloc[0] for s in res.config.eval_splits}
     steps = res.training.set_index(["method", "seed"]).steps
     out = []
     for p in rc.protocols:
         for m in rc.masks:
             leaf, kd = f"LeaF {p} {m}", "KD w/o mask" if p == "paired" else f"KD, steps of LeaF {p} {m}"
             for s in rc.seeds:
-                out.append(dict(cell, protocol=p, mask=m, seed=s, steps=int(steps[(leaf, s)]), kd_steps=int(steps[(kd, s)]),
-                                leaf=100 * acc[(leaf, s)], kd=100 * acc[(kd, s)], delta=100 * (acc[(leaf, s)] - acc[(kd, s)])))
+                row = dict(cell, protocol=p, mask=m, seed=s, steps=int(steps[(leaf, s)]), kd_steps=int(steps[(kd, s)]),
+                           leaf=100 * acc[(split, leaf, s)], kd=100 * acc[(split, kd, s)], delta=100 * (acc[(split, leaf, s)] - acc[(split, kd, s)]),
+                           student=pre[split])
+                for o in others: row.update({f"leaf_{o}": 100 * acc[(o, leaf, s)], f"kd_{o}": 100 * acc[(o, kd, s)], f"student_{o}": pre[o]})
+                out.append(row)
     return out
 
 def _cell_json(cfg: ExperimentConfig) -> dict:
