@@ -5,7 +5,7 @@
 # %% ../nbs/08c_demo.ipynb #8eadcb3f
 from __future__ import annotations
 
-import json, time
+import itertools, json, time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -119,7 +119,7 @@ def distill_corpus(
 # %% ../nbs/08c_demo.ipynb #bb63dabe
 @dataclass
 class RegimeConfig(Config):
-    "The grid of the regime map; each (spurious rate, epochs, selection) is one `run_experiment`."
+    "The grid of the regime map; each (spurious rate, epochs, selection, seed) is one `run_experiment`."
     spurious_rates: tuple = (0.5, 0.75, 0.9, 1.0) # of the distillation corpus
     epochs: tuple = (2.0, 6.0, 20.0) # training budgets (KD's optimiser steps follow; mixed runs take more, and KD matches them)
     masks: tuple = ("gradient", "gold", "random") # which spans LeaF prunes
@@ -148,11 +148,11 @@ def _regime_variants(rc: RegimeConfig) -> tuple:
             if p == "mixed": out.append(Variant(f"KD, steps of LeaF {p} {m}", lam=1.0, instruction=False, steps_of=f"LeaF {p} {m}"))
     return tuple(out)
 
-def regime_cell(rc: RegimeConfig, spurious_rate: float, epochs: float, selection: str, kd_steps: int) -> ExperimentConfig:
-    "The experiment of one cell of the map."
+def regime_cell(rc: RegimeConfig, spurious_rate: float, epochs: float, selection: str, kd_steps: int, seed: int) -> ExperimentConfig:
+    "The experiment of one cell of the map: one seed, so that seeds can be added to a finished map cell by cell."
     e = rc.experiment
     dcfg = replace(e.distill, epochs=epochs, max_steps=-1, eval_steps=max(1, kd_steps // rc.evals))
-    return replace(e, detect=replace(e.detect, selection=selection), variants=_regime_variants(rc), distill=dcfg, seeds=rc.seeds,
+    return replace(e, detect=replace(e.detect, selection=selection), variants=_regime_variants(rc), distill=dcfg, seeds=(seed,),
                    n_distill=rc.n_distill, n_eval=rc.n_eval, val_split=e.val_split or "validation")
 
 # %% ../nbs/08c_demo.ipynb #af41199d
@@ -167,7 +167,7 @@ def _cell_rows(res: ExperimentResult, rc: RegimeConfig, cell: dict) -> list[dict
     for p in rc.protocols:
         for m in rc.masks:
             leaf, kd = f"LeaF {p} {m}", "KD w/o mask" if p == "paired" else f"KD, steps of LeaF {p} {m}"
-            for s in rc.seeds:
+            for s in res.config.seeds:
                 row = dict(cell, protocol=p, mask=m, seed=s, steps=int(steps[(leaf, s)]), kd_steps=int(steps[(kd, s)]),
                            leaf=100 * acc[(split, leaf, s)], kd=100 * acc[(split, kd, s)], delta=100 * (acc[(split, leaf, s)] - acc[(split, kd, s)]),
                            student=pre[split])
@@ -193,9 +193,9 @@ def regime_map(
     for ep in rc.epochs:  # the whole map at the smallest budget first: an interrupted map is still a map
         for r in rc.spurious_rates:
             kd_steps = optimizer_steps(size, replace(rc.experiment.distill, epochs=ep, max_steps=-1))
-            for sel in rc.selections:
-                cfg = regime_cell(rc, r, ep, sel, kd_steps)
-                name = f"spurious{r}-epochs{ep:g}-{sel}"
+            for sel, seed in itertools.product(rc.selections, rc.seeds):
+                cfg = regime_cell(rc, r, ep, sel, kd_steps, seed)
+                name = f"spurious{r}-epochs{ep:g}-{sel}-s{seed}"
                 done = Path(out_dir) / f"{name}.json"
                 if done.exists():
                     saved = json.loads(done.read_text())
