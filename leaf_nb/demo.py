@@ -219,14 +219,15 @@ def regime_map(
 
 # %% ../nbs/08c_demo.ipynb #e1386fec
 def regime_table(frame: pd.DataFrame) -> pd.DataFrame:
-    "LeaF − KD at equal steps (points), mean ± std over seeds, per cell, protocol and mask."
+    "LeaF − KD at equal steps (points), mean ± std over seeds, per cell, protocol and mask; then each side's mean accuracy on every split."
     keys = ["selection", "protocol", "mask", "spurious_rate", "epochs"]
-    g = frame.groupby(keys).delta
-    t = pd.DataFrame({"LeaF − KD": g.mean(), "sd": g.std(), "seeds": g.size(), "LeaF": frame.groupby(keys).leaf.mean(),
-                      "KD": frame.groupby(keys).kd.mean(), "steps": frame.groupby(keys).steps.mean()})
+    g = frame.groupby(keys)
+    t = pd.DataFrame({"LeaF − KD": g.delta.mean(), "sd": g.delta.std(), "seeds": g.size(), "LeaF": g.leaf.mean(), "KD": g.kd.mean(), "steps": g.steps.mean()})
+    for s in [c[len("leaf_"):] for c in frame.columns if c.startswith("leaf_")]:  # the other splits
+        t[f"LeaF {s}"], t[f"KD {s}"] = g[f"leaf_{s}"].mean(), g[f"kd_{s}"].mean()
     return t.round(1)
 
-def regime_heatmap(frame: pd.DataFrame, selection: str | None = None, figsize=None):
+def regime_heatmap(frame: pd.DataFrame, selection: str | None = None, figsize=None, title: str | None = None):
     "Heatmaps of LeaF − KD at equal steps: spurious rate × epochs, one panel per protocol and mask; cells annotated with mean (± sd)."
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -241,7 +242,7 @@ def regime_heatmap(frame: pd.DataFrame, selection: str | None = None, figsize=No
         note = mean.map(lambda v: f"{v:+.1f}") + sd.map(lambda v: "" if pd.isna(v) else f"\n±{v:.1f}")
         sns.heatmap(mean, annot=note, fmt="", cmap="RdBu", vmin=-lim, vmax=lim, cbar=ax is axes[0][-1], ax=ax)
         ax.set(title=f"{p}, {m}", xlabel="epochs", ylabel="spurious rate" if ax is axes[0][0] else "")
-    fig.suptitle("LeaF − KD at equal steps (points, test)" + (f", selection {selection}" if selection else ""), fontsize=10)
+    fig.suptitle((f"{title}: " if title else "") + "LeaF − KD at equal steps (points, test)" + (f", selection {selection}" if selection else ""), fontsize=10)
     fig.tight_layout()
     return fig
 
