@@ -219,10 +219,11 @@ def regime_map(
 
 # %% ../nbs/08c_demo.ipynb #e1386fec
 def regime_table(frame: pd.DataFrame) -> pd.DataFrame:
-    "LeaF − KD at equal steps (points), mean ± std over seeds, per cell, protocol and mask; then each side's mean accuracy on every split."
+    "LeaF − KD at equal steps (points), mean ± std over seeds, per cell, protocol and mask; each side's accuracy (mean, std); its mean on every other split."
     keys = ["selection", "protocol", "mask", "spurious_rate", "epochs"]
     g = frame.groupby(keys)
-    t = pd.DataFrame({"LeaF − KD": g.delta.mean(), "sd": g.delta.std(), "seeds": g.size(), "LeaF": g.leaf.mean(), "KD": g.kd.mean(), "steps": g.steps.mean()})
+    t = pd.DataFrame({"LeaF − KD": g.delta.mean(), "sd": g.delta.std(), "seeds": g.size(), "LeaF": g.leaf.mean(), "LeaF sd": g.leaf.std(),
+                      "KD": g.kd.mean(), "KD sd": g.kd.std(), "steps": g.steps.mean()})
     for s in [c[len("leaf_"):] for c in frame.columns if c.startswith("leaf_")]:  # the other splits
         t[f"LeaF {s}"], t[f"KD {s}"] = g[f"leaf_{s}"].mean(), g[f"kd_{s}"].mean()
     return t.round(1)
