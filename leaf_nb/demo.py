@@ -20,12 +20,13 @@ from .evaluate import answer_check, markdown_table
 from .experiment import TABLE1, ExperimentConfig, ExperimentResult, Variant, data_key, run_experiment
 from .pruning import counterfactual_report
 from .saliency import DetectConfig, ThresholdRule, detection_quality, load_detections
-from .distill import optimizer_steps
+from .distill import curves_plot, optimizer_steps
 from .world import TaskConfig, load_world, make_examples, with_teacher_responses  # registers answer_kind 'world'
 
 # %% auto #0
 __all__ = ['WORLD_STUDENT_REFERENCE', 'world_inputs', 'demo_config', 'demo', 'stage1_report', 'distill_corpus', 'RegimeConfig',
-           'regime_cell', 'regime_map', 'regime_table', 'regime_heatmap', 'reproduction_configs', 'pruning_gain']
+           'regime_cell', 'regime_map', 'regime_table', 'regime_heatmap', 'regime_curves', 'reproduction_configs',
+           'pruning_gain']
 
 # %% ../nbs/08c_demo.ipynb #10c318ae
 def world_inputs(cfg: ExperimentConfig) -> tuple:
@@ -156,24 +157,34 @@ def regime_cell(rc: RegimeConfig, spurious_rate: float, epochs: float, selection
                    n_distill=rc.n_distill, n_eval=rc.n_eval, val_split=e.val_split or "validation")
 
 # %% ../nbs/08c_demo.ipynb #af41199d
-def _cell_rows(res: ExperimentResult, rc: RegimeConfig, cell: dict) -> list[dict]:
+def _cell_rows(results: pd.DataFrame, training: pd.DataFrame, curves: pd.DataFrame, splits: Sequence[str], rc: RegimeConfig, cell: dict) -> list[dict]:
     """LeaF − KD at equal steps, per LeaF variant and seed, on the headline split (average over families); on every other
-    split (`test_clean`) LeaF's, KD's and the undistilled student's accuracy as `leaf_<split>`, `kd_<split>`, `student_<split>`."""
-    split, others = res.config.eval_splits[0], res.config.eval_splits[1:]
-    acc = res.results.groupby(["split", "method", "seed"], dropna=False).acc.mean()
-    pre = {s: 100 * acc[(s, "Student pre-KD")].iloc[0] for s in res.config.eval_splits}
-    steps = res.training.set_index(["method", "seed"]).steps
+    split (`test_clean`) LeaF's, KD's and the undistilled student's accuracy as `leaf_<split>`, `kd_<split>`, `student_<split>`;
+    each side's best validation score (`leaf_val`, `kd_val`: the checkpoint every test number comes from) and its step."""
+    split, others = splits[0], splits[1:]
+    acc = results.groupby(["split", "method", "seed"], dropna=False).acc.mean()
+    pre = {s: 100 * acc[(s, "Student pre-KD")].iloc[0] for s in splits}
+    t = training.set_index(["method", "seed"])
+    best = curves.sort_values("step").groupby(["method", "seed"]).score.max()
     out = []
     for p in rc.protocols:
         for m in rc.masks:
             leaf, kd = f"LeaF {p} {m}", "KD w/o mask" if p == "paired" else f"KD, steps of LeaF {p} {m}"
-            for s in res.config.seeds:
-                row = dict(cell, protocol=p, mask=m, seed=s, steps=int(steps[(leaf, s)]), kd_steps=int(steps[(kd, s)]),
+            for s in sorted(set(training.seed)):
+                row = dict(cell, protocol=p, mask=m, seed=s, steps=int(t.steps[(leaf, s)]), kd_steps=int(t.steps[(kd, s)]),
                            leaf=100 * acc[(split, leaf, s)], kd=100 * acc[(split, kd, s)], delta=100 * (acc[(split, leaf, s)] - acc[(split, kd, s)]),
-                           student=pre[split])
+                           student=pre[split], leaf_val=100 * best[(leaf, s)], kd_val=100 * best[(kd, s)],
+                           leaf_best_step=int(t.best_step[(leaf, s)]), kd_best_step=int(t.best_step[(kd, s)]))
                 for o in others: row.update({f"leaf_{o}": 100 * acc[(o, leaf, s)], f"kd_{o}": 100 * acc[(o, kd, s)], f"student_{o}": pre[o]})
                 out.append(row)
     return out
+
+def _saved_rows(folder: Path, rc: RegimeConfig, cell: dict) -> tuple[list[dict], list[dict]]:
+    "A finished cell's rows and validation curves, from the `results.json` its experiment wrote."
+    d = json.loads((folder / "results.json").read_text())
+    curves = pd.DataFrame(d["curves"], columns=["method", "seed", "step", "score"])
+    rows = _cell_rows(pd.DataFrame(d["results"]), pd.DataFrame(d["training"]), curves, d["config"]["eval_splits"], rc, cell)
+    return rows, curves.to_dict("records")
 
 def _cell_json(cfg: ExperimentConfig) -> dict:
     "A cell's config as its rows file stores it (JSON types)."
@@ -186,9 +197,10 @@ def regime_map(
     log: Callable[[str], None] | None = None,
     compute: bool = True, # False: only the cells whose rows are already written, the others listed in `.attrs['missing']`
 ) -> pd.DataFrame:
-    "Run every cell of the map; one row per (cell, protocol, mask, seed): LeaF's and KD's accuracy at equal steps and their difference."
+    """Run every cell of the map; one row per (cell, protocol, mask, seed): LeaF's and KD's accuracy at equal steps and their
+    difference. `.attrs['curves']`: every run's validation curve, as records (method, seed, step, score and the cell's keys)."""
     world = world or load_world(rc.experiment.world)
-    fams, rows, corpora, missing = rc.experiment.families, [], {}, []
+    fams, rows, curves, corpora, missing = rc.experiment.families, [], [], {}, []
     size = len(fams) * (rc.n_distill or world.config.n_distill)  # rows of every corpus: the cells' step counts follow without drawing one
     for ep in rc.epochs:  # the whole map at the smallest budget first: an interrupted map is still a map
         for r in rc.spurious_rates:
@@ -196,36 +208,45 @@ def regime_map(
             for sel, seed in itertools.product(rc.selections, rc.seeds):
                 cfg = regime_cell(rc, r, ep, sel, kd_steps, seed)
                 name = f"spurious{r}-epochs{ep:g}-{sel}-s{seed}"
-                done = Path(out_dir) / f"{name}.json"
+                done, keys = Path(out_dir) / f"{name}.json", dict(spurious_rate=r, epochs=ep, selection=sel)
                 if done.exists():
                     saved = json.loads(done.read_text())
                     if saved["config"] != _cell_json(cfg): raise ValueError(f"{done} holds the rows of a cell with other settings; use a new folder")
-                    rows += saved["rows"]; continue
+                    if "curves" not in saved and (done.with_suffix("") / "results.json").is_file():  # written before rows held validation scores
+                        saved["rows"], saved["curves"] = _saved_rows(done.with_suffix(""), rc, keys)
+                        write_atomic(done, json.dumps(saved, indent=1) + "\n")
+                    rows += saved["rows"]; curves += [dict(c, **keys) for c in saved.get("curves", [])]; continue
                 if not compute: missing.append(name); continue
                 if log: log(f"[regime] {name}")
                 if r not in corpora: corpora[r] = {f: distill_corpus(world, f, r, rc.n_distill) for f in fams}  # the teacher answers each prompt: drawn once
                 corpus = corpora[r]
                 if sum(map(len, corpus.values())) != size: raise ValueError(f"the corpus at spurious rate {r} has {sum(map(len, corpus.values()))} rows, not {size}")
                 data = {f: {"distill": corpus[f], **{s: list(world.splits[f][s]) for s in cfg.splits[1:]}} for f in fams}
-                res = run_experiment(cfg, Path(out_dir) / name, world.teacher, world.student, world.tokenizer, data, progress=False)
-                cell_rows = _cell_rows(res, rc, dict(spurious_rate=r, epochs=ep, selection=sel))
-                write_atomic(done, json.dumps({"config": _cell_json(cfg), "rows": cell_rows}, indent=1) + "\n")
-                rows += cell_rows
+                run_experiment(cfg, Path(out_dir) / name, world.teacher, world.student, world.tokenizer, data, progress=False)
+                cell_rows, cell_curves = _saved_rows(Path(out_dir) / name, rc, keys)
+                write_atomic(done, json.dumps({"config": _cell_json(cfg), "rows": cell_rows, "curves": cell_curves}, indent=1) + "\n")
+                rows += cell_rows; curves += [dict(c, **keys) for c in cell_curves]
     out = pd.DataFrame(rows)
-    out.attrs["missing"] = missing
+    out.attrs["missing"], out.attrs["curves"] = missing, curves
     if missing and log: log(f"[regime] {len(missing)} cells not computed yet: {', '.join(missing)}")
     return out
 
 
 # %% ../nbs/08c_demo.ipynb #e1386fec
 def regime_table(frame: pd.DataFrame) -> pd.DataFrame:
-    "LeaF − KD at equal steps (points), mean ± std over seeds, per cell, protocol and mask; each side's accuracy (mean, std); its mean on every other split."
+    """LeaF − KD at equal steps (points), mean ± std over seeds, per cell, protocol and mask; each side's accuracy (mean, std); its
+    mean on every other split; and, where the rows carry them, each side's best validation score and their difference
+    (`val Δ`, the number to choose a regime by: `test` only reports)."""
     keys = ["selection", "protocol", "mask", "spurious_rate", "epochs"]
     g = frame.groupby(keys)
     t = pd.DataFrame({"LeaF − KD": g.delta.mean(), "sd": g.delta.std(), "seeds": g.size(), "LeaF": g.leaf.mean(), "LeaF sd": g.leaf.std(),
                       "KD": g.kd.mean(), "KD sd": g.kd.std(), "steps": g.steps.mean()})
     for s in [c[len("leaf_"):] for c in frame.columns if c.startswith("leaf_")]:  # the other splits
+        if s in ("val", "best_step"): continue
         t[f"LeaF {s}"], t[f"KD {s}"] = g[f"leaf_{s}"].mean(), g[f"kd_{s}"].mean()
+    if "leaf_val" in frame:
+        t["LeaF val"], t["KD val"] = g.leaf_val.mean(), g.kd_val.mean()
+        t["val Δ"] = (frame.leaf_val - frame.kd_val).groupby([frame[k] for k in keys]).mean()
     return t.round(1)
 
 def regime_heatmap(frame: pd.DataFrame, selection: str | None = None, figsize=None, title: str | None = None):
@@ -246,6 +267,20 @@ def regime_heatmap(frame: pd.DataFrame, selection: str | None = None, figsize=No
     fig.suptitle((f"{title}: " if title else "") + "LeaF − KD at equal steps (points, test)" + (f", selection {selection}" if selection else ""), fontsize=10)
     fig.tight_layout()
     return fig
+
+def regime_curves(frame: pd.DataFrame, spurious_rate: float, epochs: float, selection: str = "teacher_right",
+                  protocol: str = "paired", masks: Sequence[str] = ("gradient",), ax=None, figsize=(6, 3.2)):
+    "Validation curves of one cell of the map: KD at equal steps and LeaF with each of `masks` (a band over the seeds computed)."
+    c = pd.DataFrame(frame.attrs.get("curves", []))
+    if c.empty: raise ValueError("the map holds no validation curves (cells written before curves were kept, or none computed)")
+    c = c[(c.spurious_rate == spurious_rate) & (c.epochs == epochs) & (c.selection == selection)]
+    kd = "KD w/o mask" if protocol == "paired" else [f"KD, steps of LeaF {protocol} {m}" for m in masks]
+    names = [kd] if isinstance(kd, str) else kd
+    c = c[c.method.isin(names + [f"LeaF {protocol} {m}" for m in masks])]
+    if c.empty: raise ValueError(f"no curves for spurious rate {spurious_rate}, {epochs:g} epochs, selection {selection!r}, protocol {protocol!r}")
+    fig, ax = curves_plot(c[["method", "seed", "step", "score"]].assign(score=100 * c.score), ax=ax, ylabel="validation accuracy (%)", figsize=figsize)
+    ax.set_title(f"spurious rate {spurious_rate}, {epochs:g} epochs, {protocol}", fontsize=10)
+    return fig, ax
 
 # %% ../nbs/08c_demo.ipynb #52751b77
 def reproduction_configs() -> dict[str, ExperimentConfig]:
