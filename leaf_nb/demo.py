@@ -274,9 +274,8 @@ def regime_curves(frame: pd.DataFrame, spurious_rate: float, epochs: float, sele
     c = pd.DataFrame(frame.attrs.get("curves", []))
     if c.empty: raise ValueError("the map holds no validation curves (cells written before curves were kept, or none computed)")
     c = c[(c.spurious_rate == spurious_rate) & (c.epochs == epochs) & (c.selection == selection)]
-    kd = "KD w/o mask" if protocol == "paired" else [f"KD, steps of LeaF {protocol} {m}" for m in masks]
-    names = [kd] if isinstance(kd, str) else kd
-    c = c[c.method.isin(names + [f"LeaF {protocol} {m}" for m in masks])]
+    kd = ["KD w/o mask"] if protocol == "paired" else [f"KD, steps of LeaF {protocol} {m}" for m in masks]  # each LeaF's equal-steps KD
+    c = c[c.method.isin(kd + [f"LeaF {protocol} {m}" for m in masks])]
     if c.empty: raise ValueError(f"no curves for spurious rate {spurious_rate}, {epochs:g} epochs, selection {selection!r}, protocol {protocol!r}")
     fig, ax = curves_plot(c[["method", "seed", "step", "score"]].assign(score=100 * c.score), ax=ax, ylabel="validation accuracy (%)", figsize=figsize)
     ax.set_title(f"spurious rate {spurious_rate}, {epochs:g} epochs, {protocol}", fontsize=10)
