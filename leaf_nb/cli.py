@@ -18,12 +18,22 @@ COMMANDS = {"detect": ("DetectJob", "selection and confounder detection over a d
             "distill": ("DistillJob", "LeaF's hybrid-loss distillation on `prune` outputs (under `accelerate launch` for several GPUs)"),
             "evaluate": ("EvaluateJob", "greedy responses and their accuracy, with a bootstrap interval")}
 
+def _rate(s: str) -> float | None:
+    "A spurious rate from the command line: a number in [0, 1], or 'shipped' (None)."
+    if s == "shipped": return None
+    try: v = float(s)
+    except ValueError: v = -1.0
+    if not 0 <= v <= 1: raise argparse.ArgumentTypeError(f"must be a number in [0, 1] or 'shipped', got {s!r}")
+    return v
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="leaf_nb", description="Learning to Focus (LeaF): causal attention distillation via gradient-guided token pruning.")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="the whole pipeline on the shipped causal world; prints Table 1 in miniature")
+    d = sub.add_parser("demo", help="the whole pipeline on the shipped causal world: Table 1 in miniature with an equal-steps KD, and validation curves")
     d.add_argument("--out", default="leaf_nb_demo", help="experiment folder (a rerun resumes; default: %(default)s)")
     d.add_argument("--config", help="an ExperimentConfig JSON file (default: the demo's settings)")
+    d.add_argument("--spurious-rate", type=_rate, default=1.0, metavar="RATE",
+                   help="draw the distillation corpus at this spurious rate in [0, 1], or 'shipped' for the world's own corpus (default: %(default)s)")
     d.add_argument("--quiet", action="store_true", help="no progress bars: one log line per finished stage only")
     for name, (cls, text) in COMMANDS.items():
         j = sub.add_parser(name, help=text)
@@ -48,7 +58,7 @@ def _run(args, out) -> int:
     if args.command == "demo":
         from leaf_nb.demo import demo
         from leaf_nb.experiment import ExperimentConfig
-        demo(args.out, _load(ExperimentConfig, args.config) if args.config else None, log=out, progress=not args.quiet)
+        demo(args.out, _load(ExperimentConfig, args.config) if args.config else None, args.spurious_rate, log=out, progress=not args.quiet)
         return 0
     from leaf_nb import jobs as J
     if args.command == "template":

@@ -24,42 +24,97 @@ from .distill import curves_plot, optimizer_steps
 from .world import TaskConfig, load_world, make_examples, with_teacher_responses  # registers answer_kind 'world'
 
 # %% auto #0
-__all__ = ['WORLD_STUDENT_REFERENCE', 'world_inputs', 'demo_config', 'demo', 'stage1_report', 'distill_corpus', 'RegimeConfig',
-           'regime_cell', 'regime_map', 'regime_table', 'regime_heatmap', 'regime_curves', 'reproduction_configs',
-           'pruning_gain']
+__all__ = ['WORLD_STUDENT_REFERENCE', 'DEMO_SPURIOUS_RATE', 'DEMO_PROMPTS', 'DEMO_EPOCHS', 'SELECTIONS_SAID', 'DEMO_VARIANTS',
+           'world_inputs', 'distill_corpus', 'world_config', 'in_regime', 'demo_config', 'demo', 'stage1_report',
+           'RegimeConfig', 'regime_cell', 'regime_map', 'regime_table', 'regime_heatmap', 'regime_curves',
+           'reproduction_configs', 'pruning_gain']
 
 # %% ../nbs/08c_demo.ipynb #10c318ae
-def world_inputs(cfg: ExperimentConfig) -> tuple:
+def world_inputs(
+    cfg: ExperimentConfig,
+    spurious_rate: float | None = None, # draw the distillation corpus at this rate (`distill_corpus`, `cfg.n_distill` prompts per family); None: the world's own
+) -> tuple:
     "(teacher, student, tokenizer, data) of the world `cfg.world` for `run_experiment`: family -> {'distill': rows, <eval split>: rows}."
     world = load_world(cfg.world)
     missing = [f for f in cfg.families if f not in world.splits]
     if missing: raise ValueError(f"ExperimentConfig.families names {missing}, which the world lacks (it has {list(world.splits)})")
+    if spurious_rate is not None and not (isinstance(spurious_rate, (int, float)) and 0 <= spurious_rate <= 1):
+        raise ValueError(f"spurious_rate must lie in [0, 1] or be None, got {spurious_rate!r}")
     data = {f: {s: list(world.splits[f][s]) for s in cfg.splits} for f in cfg.families}
+    if spurious_rate is not None:
+        for f in cfg.families: data[f]["distill"] = distill_corpus(world, f, spurious_rate, cfg.n_distill)
     return world.teacher, world.student, world.tokenizer, data
+
+
+# %% ../nbs/08c_demo.ipynb #270e74e4
+def distill_corpus(
+    world, # a `World`
+    family: str, # 'math' or 'code'
+    spurious_rate: float, # P(a distractor's number equals the answer) in this corpus
+    n: int | None = None, # prompts (default: the world's `n_distill`)
+) -> list[dict]:
+    "Distillation prompts of `family` drawn at `spurious_rate`, answered by the world's teacher; at the world's own rate, its shipped corpus."
+    task, n = world.config.distill_task, n or world.config.n_distill
+    if spurious_rate == task.spurious_rate and n <= world.config.n_distill: return list(world.splits[family]["distill"])[:n]
+    cfg = TaskConfig.from_dict({**task.to_dict(), "spurious_rate": spurious_rate})
+    rows = make_examples(family, n, world.config.seed, cfg, split="distill", stream=f"distill-spurious{spurious_rate}")
+    return with_teacher_responses(world.teacher, world.tokenizer, rows, world.config.max_new_tokens)
 
 # %% ../nbs/08c_demo.ipynb #1c9f08d7
 WORLD_STUDENT_REFERENCE = "answer : {answer}" # the world's student was trained to answer in one line: its loss target in its own format
+DEMO_SPURIOUS_RATE, DEMO_PROMPTS, DEMO_EPOCHS = 1.0, 250, 120.0 # the regime the map below recommends (chosen on validation)
+SELECTIONS_SAID = {"student_wrong": "student wrong, teacher right", "teacher_right": "every row the teacher solves"}
+
+def world_config() -> ExperimentConfig:
+    "The experiment defaults on the shipped world: its checker, both families, the Table-1 variants, 20 epochs, the student scored in its own format."
+    return ExperimentConfig(detect=DetectConfig(student_reference=WORLD_STUDENT_REFERENCE), answer_kind="world")
+
+def in_regime(
+    cfg: ExperimentConfig,
+    n_distill: int = DEMO_PROMPTS, # distillation prompts per family
+    epochs: float = DEMO_EPOCHS,
+    evals: int = 8, # validation scores over KD's steps (LeaF's longer runs get more at the same interval)
+) -> ExperimentConfig:
+    "`cfg` in the regime the map recommends: `n_distill` prompts per family, `epochs` of training scored on `validation`, the best checkpoint kept, every row the teacher solves selected."
+    d = replace(cfg.distill, epochs=epochs, max_steps=-1)
+    d = replace(d, eval_steps=max(1, optimizer_steps(len(cfg.families) * n_distill, d) // evals))
+    return replace(cfg, n_distill=n_distill, val_split="validation", distill=d, detect=replace(cfg.detect, selection="teacher_right"))
+
+DEMO_VARIANTS = (Variant("KD w/o mask", lam=1.0, instruction=False),
+                 Variant("LeaF (instr)", protocol="mixed"), # the authors' protocol: counterfactuals as rows of their own
+                 Variant("KD, steps of LeaF (instr)", lam=1.0, instruction=False, steps_of="LeaF (instr)")) # the equal-steps control
 
 def demo_config() -> ExperimentConfig:
-    "The `leaf_nb demo` settings: the shipped world and its checker, both families, the Table-1 variants, one seed, 20 epochs of distillation."
-    return ExperimentConfig(detect=DetectConfig(student_reference=WORLD_STUDENT_REFERENCE), answer_kind="world")
+    "The `leaf_nb demo` settings: `world_config()` `in_regime`, with KD w/o mask, LeaF (instr) in the mixed protocol and KD at LeaF's steps; one seed."
+    return replace(in_regime(world_config()), variants=DEMO_VARIANTS)
+
+def _steps_table(curves: pd.DataFrame) -> pd.DataFrame:
+    "Validation accuracy (%) per optimiser step (rows) and student (columns); '*' marks each student's best step."
+    c = curves.assign(score=100 * curves.score)
+    best = c.loc[c.groupby(["method", "seed"]).score.idxmax()].set_index(["method", "step"]).index
+    c["cell"] = [f"{s:.1f}{' *' if (m, t) in best else ''}" for m, t, s in zip(c.method, c.step, c.score)]
+    return c.pivot_table(index="step", columns="method", values="cell", aggfunc="first", sort=False).fillna("")[list(dict.fromkeys(c.method))]
 
 def demo(
     out_dir: str | Path = "leaf_nb_demo", # the experiment folder (a rerun reads finished stages back)
     cfg: ExperimentConfig | None = None, # default: `demo_config()`
+    spurious_rate: float | None = DEMO_SPURIOUS_RATE, # the distillation corpus's spurious rate (`world_inputs`); None: the world's shipped corpus
     log: Callable[[str], None] = print,
     progress: bool = True, # an overall bar over the stages, and one inside each long stage (steps, rows) with rate and ETA
 ) -> ExperimentResult:
-    "Run LeaF end to end on the shipped causal world and print Table 1 in miniature."
+    "Run LeaF end to end on the shipped causal world: Table 1 in miniature, the equal-steps KD beside it, and the validation curves (`curves.png`)."
     cfg = cfg or demo_config()
     if cfg.answer_kind is None: cfg = replace(cfg, answer_kind="world")  # the world's data: its own checker
     t0 = time.time()
-    log(f"LeaF on the shipped causal world: families {', '.join(cfg.families)}, variants {', '.join(v.name for v in cfg.variants)}, "
-        f"seeds {list(cfg.seeds)}; writing to {out_dir}")
-    res = run_experiment(cfg, out_dir, *world_inputs(cfg), progress=progress, log=log)
+    corpus = "the shipped distillation corpus" if spurious_rate is None else \
+        f"{cfg.n_distill or 'all'} distillation prompts per family at spurious rate {spurious_rate:g} (every distractor agrees with the answer)" \
+        if spurious_rate == 1 else f"{cfg.n_distill or 'all'} distillation prompts per family at spurious rate {spurious_rate:g}"
+    log(f"LeaF on the shipped causal world: families {', '.join(cfg.families)}, {corpus}, {cfg.distill.epochs:g} epochs; "
+        f"variants {', '.join(v.name for v in cfg.variants)}; seeds {list(cfg.seeds)}; writing to {out_dir}")
+    res = run_experiment(cfg, out_dir, *world_inputs(cfg, spurious_rate), progress=progress, log=log)
     for f in cfg.families:
         c = res.counts[f]
-        log(f"{f}: {c['distill_prompts']} distillation prompts, {c['flagged']} selected (student wrong, teacher right)")
+        log(f"{f}: {c['distill_prompts']} distillation prompts, {c['flagged']} selected ({SELECTIONS_SAID[cfg.detect.selection]})")
         for k, v in c["counterfactuals"].items():
             if k == "originals": continue
             dropped = Counter()
@@ -67,9 +122,15 @@ def demo(
             why = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in sorted(dropped.items()))
             log(f"  {k}: {v['instruction'] + v['response']} counterfactuals kept ({v['instruction']} instruction, {v['response']} response level), "
                 f"{sum(dropped.values())} dropped by verification" + (f" ({why})" if why else ""))
+    if res.curves is not None and not res.curves.empty:
+        import matplotlib.pyplot as plt
+        log(f"\nAccuracy (%) on {cfg.val_split} during training (* the step each student is evaluated at):\n")
+        log(markdown_table(_steps_table(res.curves)))
+        fig, _ = curves_plot(res.curves.assign(score=100 * res.curves.score), ylabel=f"{cfg.val_split} accuracy (%)")
+        fig.savefig(Path(out_dir) / "curves.png", dpi=100, bbox_inches="tight"); plt.close(fig)
     log(f"\nAccuracy (%) on {cfg.eval_splits[0]}, every prompt with a distractor decorrelated from its answer:\n")
     log(markdown_table(res.table))
-    log(f"\nfinished in {time.time() - t0:.0f} s; tables, figure and per-stage records in {out_dir}")
+    log(f"\nfinished in {time.time() - t0:.0f} s; tables, figures and per-stage records in {out_dir}")
     return res
 
 # %% ../nbs/08c_demo.ipynb #dfb5000a
@@ -103,20 +164,6 @@ def stage1_report(
         report[f] = cell
     return pd.DataFrame(report)
 
-# %% ../nbs/08c_demo.ipynb #270e74e4
-def distill_corpus(
-    world, # a `World`
-    family: str, # 'math' or 'code'
-    spurious_rate: float, # P(a distractor's number equals the answer) in this corpus
-    n: int | None = None, # prompts (default: the world's `n_distill`)
-) -> list[dict]:
-    "Distillation prompts of `family` drawn at `spurious_rate`, answered by the world's teacher; at the world's own rate, its shipped corpus."
-    task, n = world.config.distill_task, n or world.config.n_distill
-    if spurious_rate == task.spurious_rate and n <= world.config.n_distill: return list(world.splits[family]["distill"])[:n]
-    cfg = TaskConfig.from_dict({**task.to_dict(), "spurious_rate": spurious_rate})
-    rows = make_examples(family, n, world.config.seed, cfg, split="distill", stream=f"distill-spurious{spurious_rate}")
-    return with_teacher_responses(world.teacher, world.tokenizer, rows, world.config.max_new_tokens)
-
 # %% ../nbs/08c_demo.ipynb #bb63dabe
 @dataclass
 class RegimeConfig(Config):
@@ -130,10 +177,10 @@ class RegimeConfig(Config):
     n_distill: int | None = None # distillation prompts per family (None: the world's)
     n_eval: int | None = None # validation and test prompts per family (None: all)
     evals: int = 8 # validation scores per run (every KD steps / evals optimiser steps)
-    experiment: ExperimentConfig = None # everything else (default: `demo_config()` with `val_split='validation'`)
+    experiment: ExperimentConfig = None # everything else (default: `world_config()` with `val_split='validation'`)
 
     def __post_init__(self):
-        if self.experiment is None: self.experiment = replace(demo_config(), val_split="validation", variants=TABLE1[:1])
+        if self.experiment is None: self.experiment = replace(world_config(), val_split="validation", variants=TABLE1[:1])
         for k in ("spurious_rates", "epochs", "masks", "protocols", "selections", "seeds"):
             setattr(self, k, tuple(getattr(self, k)))
             if not getattr(self, k): raise ValueError(f"RegimeConfig.{k} must not be empty")
@@ -283,20 +330,27 @@ def regime_curves(frame: pd.DataFrame, spurious_rate: float, epochs: float, sele
 
 # %% ../nbs/08c_demo.ipynb #52751b77
 def reproduction_configs() -> dict[str, ExperimentConfig]:
-    "The runs behind the reproduction: 'main' (Table 1 and Fig. 7, seeds 0–2) and 'sweeps' (Figs. 6, 8–9, set vs span; seed 0)."
+    """The runs behind the reproduction, in the regime of the demo (`in_regime`; corpus drawn at `DEMO_SPURIOUS_RATE`), every LeaF in
+    the authors' mixed protocol: 'main' (Table 1 with an equal-steps KD beside each LeaF row, and Fig. 7; seeds 0–2) and 'sweeps'
+    (Figs. 6, 8–9, set vs span; seed 0)."""
     tau = lambda t: ThresholdRule("tau", tau=t)
     det = DetectConfig(threshold=tau(0.1), student_reference=WORLD_STUDENT_REFERENCE)  # the paper's rule, per token
-    main = ExperimentConfig(detect=det, answer_kind="world", seeds=(0, 1, 2), variants=TABLE1 + (Variant("LeaF (instr & resp, 3 segments)", segments=3),))
-    sweeps = ExperimentConfig(detect=det, answer_kind="world", seeds=(0,), variants=(
-        Variant("LeaF (instr), PPL mask", mask="perplexity"), Variant("LeaF (instr), random mask", mask="random"),
-        Variant("LeaF (instr), set pruning", strategy="set"),
-        *(Variant(f"LeaF (instr), τ = {t}", threshold=tau(t)) for t in (0.05, 0.15, 0.2)),
-        *(Variant(f"LeaF (instr & resp), τ = {t}", segments=2, threshold=tau(t)) for t in (0.05, 0.15, 0.2))))
+    base = in_regime(ExperimentConfig(detect=det, answer_kind="world"))
+    kd = lambda of: Variant(f"KD, steps of {of}", lam=1.0, instruction=False, steps_of=of)
+    leaf = lambda name, **kw: Variant(name, protocol="mixed", **kw)
+    main = replace(base, seeds=(0, 1, 2), variants=(
+        Variant("KD w/o mask", lam=1.0, instruction=False), leaf("LeaF (instr)"), kd("LeaF (instr)"),
+        leaf("LeaF (instr & resp)", segments=2), kd("LeaF (instr & resp)"), leaf("LeaF (instr & resp, 3 segments)", segments=3)))
+    sweeps = replace(base, seeds=(0,), variants=(
+        leaf("LeaF (instr), PPL mask", mask="perplexity"), leaf("LeaF (instr), random mask", mask="random"),
+        leaf("LeaF (instr), set pruning", strategy="set"),
+        *(leaf(f"LeaF (instr), τ = {t}", threshold=tau(t)) for t in (0.05, 0.15, 0.2)),
+        *(leaf(f"LeaF (instr & resp), τ = {t}", segments=2, threshold=tau(t)) for t in (0.05, 0.15, 0.2))))
     return {"main": main, "sweeps": sweeps}
 
 # %% ../nbs/08c_demo.ipynb #cb33752d
 def pruning_gain(
-    result: ExperimentResult, # a finished run: its detections and training sets are read from its folder
+    result: ExperimentResult, # a finished run: its detections (with the student's verdict) and training sets are read from its folder
     model, tokenizer, # the model to re-ask (the undistilled student, for Fig. 1)
     rows: Mapping[str, Sequence[Mapping]], # family -> the distillation rows detection ran on
     data_keys: Mapping[str, str], # column name -> training-set key whose counterfactuals to use, e.g. {'span': 'instr-tau0.1'}
@@ -304,13 +358,13 @@ def pruning_gain(
     gold: Callable[[Mapping], Mapping] | None = None, # row -> the row with its gold confounder removed (adds a 'gold' column)
     max_new_tokens: int = 64,
 ) -> pd.DataFrame:
-    "Accuracy of `model` on the selected prompts (student wrong, teacher right) after pruning them, per family."
+    "Per family: the share of the selected prompts the student failed (`failed` of them) that `model` answers after pruning them."
     check = answer_check(result.config.answer_kind)
     out = {}
     for f, fam_rows in rows.items():
         dets = load_detections(result.out_dir / "detect" / f)
-        sel = [d["id"] for d in dets if d["status"] == "flagged"]
-        by_id, cell = {r["id"]: r for r in fam_rows}, {"selected": len(sel)}
+        sel = [d["id"] for d in dets if d["status"] == "flagged" and not d["student_correct"]]  # with selection 'teacher_right', not all
+        by_id, cell = {r["id"]: r for r in fam_rows}, {"failed": len(sel)}
         for col, key in data_keys.items():
             cf = [r for r in read_jsonl(Path((folders or {}).get(col, result.out_dir)) / "prune" / f"{key}.jsonl")
                   if r["kind"] != "original" and r["level"] == "instruction" and r["parent_id"] in set(sel)]
