@@ -17,7 +17,7 @@ import datasets
 import torch
 from transformers.utils import logging as hf_logging
 
-from leaf_nb.demo import demo_config
+from leaf_nb.demo import world_config
 from leaf_nb.pruning import counterfactuals, verify_counterfactuals
 from leaf_nb.saliency import detect
 from leaf_nb.world import is_correct, load_world
@@ -32,7 +32,7 @@ def main():
     hf_logging.disable_progress_bar(); hf_logging.set_verbosity_error(); datasets.disable_progress_bars()
     world = load_world()
     tok, teacher, student = world.tokenizer, world.teacher, world.student
-    cfg, n_new = demo_config(), world.config.max_new_tokens
+    cfg, n_new = world_config(), world.config.max_new_tokens
     rows = {f: list(world.splits[f]["distill"]) for f in world.splits}
     times = {"detect": [], "verify": []}
     n_cands = 0
