@@ -56,6 +56,7 @@ def _load(cls, path: str):
 
 def _run(args, out) -> int:
     if args.command == "demo":
+        out("leaf_nb demo: loading torch, transformers and the world ...")  # the imports take seconds: say so at once
         from leaf_nb.demo import demo
         from leaf_nb.experiment import ExperimentConfig
         demo(args.out, _load(ExperimentConfig, args.config) if args.config else None, args.spurious_rate, log=out, progress=not args.quiet)
