@@ -25,9 +25,9 @@ from .world import TaskConfig, load_world, make_examples, with_teacher_responses
 
 # %% auto #0
 __all__ = ['WORLD_STUDENT_REFERENCE', 'DEMO_SPURIOUS_RATE', 'DEMO_PROMPTS', 'DEMO_EPOCHS', 'SELECTIONS_SAID', 'DEMO_VARIANTS',
-           'world_inputs', 'distill_corpus', 'world_config', 'in_regime', 'demo_config', 'demo', 'stage1_report',
-           'RegimeConfig', 'regime_cell', 'regime_map', 'regime_table', 'regime_heatmap', 'regime_curves',
-           'reproduction_configs', 'pruning_gain']
+           'world_inputs', 'distill_corpus', 'world_config', 'in_regime', 'equal_steps_kd', 'demo_config', 'demo',
+           'stage1_report', 'RegimeConfig', 'regime_cell', 'regime_map', 'regime_table', 'regime_heatmap',
+           'regime_curves', 'reproduction_configs', 'pruning_gain']
 
 # %% ../nbs/08c_demo.ipynb #10c318ae
 def world_inputs(
@@ -80,9 +80,13 @@ def in_regime(
     d = replace(d, eval_steps=max(1, optimizer_steps(len(cfg.families) * n_distill, d) // evals))
     return replace(cfg, n_distill=n_distill, val_split="validation", distill=d, detect=replace(cfg.detect, selection="teacher_right"))
 
-DEMO_VARIANTS = (Variant("KD w/o mask", lam=1.0, instruction=False),
+def equal_steps_kd(of: str) -> Variant:
+    "KD w/o mask trained for as many optimiser steps as the variant named `of`: the control beside a LeaF that trains longer."
+    return Variant(f"KD, steps of {of}", lam=1.0, instruction=False, steps_of=of)
+
+DEMO_VARIANTS = (TABLE1[0], # KD w/o mask
                  Variant("LeaF (instr)", protocol="mixed"), # the authors' protocol: counterfactuals as rows of their own
-                 Variant("KD, steps of LeaF (instr)", lam=1.0, instruction=False, steps_of="LeaF (instr)")) # the equal-steps control
+                 equal_steps_kd("LeaF (instr)"))
 
 def demo_config() -> ExperimentConfig:
     "The `leaf_nb demo` settings: `world_config()` `in_regime`, with KD w/o mask, LeaF (instr) in the mixed protocol and KD at LeaF's steps; one seed."
@@ -106,9 +110,9 @@ def demo(
     cfg = cfg or demo_config()
     if cfg.answer_kind is None: cfg = replace(cfg, answer_kind="world")  # the world's data: its own checker
     t0 = time.time()
-    corpus = "the shipped distillation corpus" if spurious_rate is None else \
-        f"{cfg.n_distill or 'all'} distillation prompts per family at spurious rate {spurious_rate:g} (every distractor agrees with the answer)" \
-        if spurious_rate == 1 else f"{cfg.n_distill or 'all'} distillation prompts per family at spurious rate {spurious_rate:g}"
+    corpus = "the shipped distillation corpus" if spurious_rate is None else (
+        f"{cfg.n_distill or 'all'} distillation prompts per family at spurious rate {spurious_rate:g}"
+        + (" (every distractor agrees with the answer)" if spurious_rate == 1 else ""))
     log(f"LeaF on the shipped causal world: families {', '.join(cfg.families)}, {corpus}, {cfg.distill.epochs:g} epochs; "
         f"variants {', '.join(v.name for v in cfg.variants)}; seeds {list(cfg.seeds)}; writing to {out_dir}")
     res = run_experiment(cfg, out_dir, *world_inputs(cfg, spurious_rate), progress=progress, log=log)
@@ -189,11 +193,11 @@ class RegimeConfig(Config):
 
 def _regime_variants(rc: RegimeConfig) -> tuple:
     "KD w/o mask; LeaF per protocol and mask; for every mixed LeaF, KD at its steps."
-    out = [Variant("KD w/o mask", lam=1.0, instruction=False)]
+    out = [TABLE1[0]]
     for p in rc.protocols:
         for m in rc.masks:
             out.append(Variant(f"LeaF {p} {m}", protocol=p, mask=m))
-            if p == "mixed": out.append(Variant(f"KD, steps of LeaF {p} {m}", lam=1.0, instruction=False, steps_of=f"LeaF {p} {m}"))
+            if p == "mixed": out.append(equal_steps_kd(f"LeaF {p} {m}"))
     return tuple(out)
 
 def regime_cell(rc: RegimeConfig, spurious_rate: float, epochs: float, selection: str, kd_steps: int, seed: int) -> ExperimentConfig:
@@ -336,11 +340,10 @@ def reproduction_configs() -> dict[str, ExperimentConfig]:
     tau = lambda t: ThresholdRule("tau", tau=t)
     det = DetectConfig(threshold=tau(0.1), student_reference=WORLD_STUDENT_REFERENCE)  # the paper's rule, per token
     base = in_regime(ExperimentConfig(detect=det, answer_kind="world"))
-    kd = lambda of: Variant(f"KD, steps of {of}", lam=1.0, instruction=False, steps_of=of)
     leaf = lambda name, **kw: Variant(name, protocol="mixed", **kw)
     main = replace(base, seeds=(0, 1, 2), variants=(
-        Variant("KD w/o mask", lam=1.0, instruction=False), leaf("LeaF (instr)"), kd("LeaF (instr)"),
-        leaf("LeaF (instr & resp)", segments=2), kd("LeaF (instr & resp)"), leaf("LeaF (instr & resp, 3 segments)", segments=3)))
+        TABLE1[0], leaf("LeaF (instr)"), equal_steps_kd("LeaF (instr)"),
+        leaf("LeaF (instr & resp)", segments=2), equal_steps_kd("LeaF (instr & resp)"), leaf("LeaF (instr & resp, 3 segments)", segments=3)))
     sweeps = replace(base, seeds=(0,), variants=(
         leaf("LeaF (instr), PPL mask", mask="perplexity"), leaf("LeaF (instr), random mask", mask="random"),
         leaf("LeaF (instr), set pruning", strategy="set"),
